@@ -1,0 +1,686 @@
+"""Sites: the polygons xembed builds cubes for, and how to load them.
+
+A :class:`Site` is an id, an optional restoration start year, a
+Polygon/MultiPolygon in EPSG:4326 lon/lat and a dict of other attributes.
+:func:`load_sites` reads them from GeoJSON (including the legacy ``"crs"``
+member), GeoPackage, Shapefile, GeoDataFrames and GeoJSON mappings;
+:func:`as_site` turns one geometry, Feature or Site into a :class:`Site`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import errno
+import json
+import math
+import numbers
+import os
+import sys
+import warnings
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import shapely
+from shapely.geometry import GeometryCollection, MultiPolygon, Polygon, shape
+from shapely.geometry.base import BaseGeometry
+
+from xembed.errors import SiteError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+__all__ = ["Site", "as_site", "load_sites"]
+
+#: Columns tried, in order, for the site id when ``id_field`` is not given.
+ID_FIELDS: tuple[str, ...] = ("rid", "id", "site_id")
+
+_FORMATS = "GeoJSON (.geojson/.json), GeoPackage (.gpkg) or Shapefile (.shp)"
+_GEOJSON_DRIVERS = frozenset({"GeoJSON"})
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_MAX_NAMED = 10  # ids listed in one message before "..."
+
+
+@dataclass(frozen=True, repr=False)
+class Site:
+    """One site: an id, a start year and a polygon in EPSG:4326 lon/lat.
+
+    Construction validates and normalises the fields, so every ``Site`` is
+    safe to build a cube for: numpy and integral float ids/years (as pandas
+    produces them) become ``int``, a missing year (``NaN``) becomes ``None``,
+    Z coordinates are dropped and an invalid polygon is repaired with
+    :func:`shapely.make_valid` (with a ``UserWarning``).
+
+    Parameters
+    ----------
+    id : int or str
+        The site's identifier (unique within a collection of sites).
+    start_year : int or None
+        Year the restoration (or whatever happened at the site) started.
+    geometry : shapely.Polygon or shapely.MultiPolygon
+        Site boundary, longitude/latitude in EPSG:4326.
+    properties : Mapping, optional
+        Other attributes, copied into a plain ``dict``.
+
+    Raises
+    ------
+    SiteError
+        If the geometry is missing, empty, not polygonal, cannot be repaired
+        or is not in lon/lat range, or if the id or year is not usable.
+
+    Examples
+    --------
+    >>> from shapely.geometry import box
+    >>> site = Site(3107, 2016.0, box(-48.0, -22.6, -47.99, -22.59), {"name": "Fazenda"})
+    >>> site
+    Site(id=3107, start_year=2016)
+    >>> site.geometry.bounds
+    (-48.0, -22.6, -47.99, -22.59)
+    >>> site.properties["name"]
+    'Fazenda'
+    """
+
+    id: int | str
+    start_year: int | None
+    geometry: Polygon | MultiPolygon
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Frozen dataclass: normalised values are stored with object.__setattr__.
+        site_id = _to_id(self.id)
+        object.__setattr__(self, "id", site_id)
+        object.__setattr__(self, "start_year", _to_year(self.start_year, site_id))
+        object.__setattr__(self, "geometry", _clean_geometry(self.geometry, site_id))
+        if not isinstance(self.properties, Mapping):
+            raise SiteError(
+                f"site {site_id!r}: properties must be a mapping (dict), "
+                f"got {type(self.properties).__name__}"
+            )
+        # A private copy, so mutating the caller's dict cannot change the site.
+        object.__setattr__(self, "properties", dict(self.properties))
+
+    def __repr__(self) -> str:
+        return f"Site(id={self.id!r}, start_year={self.start_year!r})"
+
+    # eq compares the properties dict too, which is unhashable; hashing a
+    # subset of the compared fields keeps ``a == b`` => ``hash(a) == hash(b)``.
+    def __hash__(self) -> int:
+        return hash((self.id, self.start_year, self.geometry))
+
+    @property
+    def __geo_interface__(self) -> dict[str, Any]:
+        """The site as a GeoJSON Feature (``as_site`` turns it back into an equal Site).
+
+        Examples
+        --------
+        >>> from shapely.geometry import box
+        >>> feature = Site("a", None, box(0, 0, 1, 1)).__geo_interface__
+        >>> feature["id"], feature["properties"], feature["geometry"]["type"]
+        ('a', {'start_year': None}, 'Polygon')
+        """
+        return {
+            "type": "Feature",
+            "id": self.id,
+            "properties": {**self.properties, "start_year": self.start_year},
+            "geometry": shapely.geometry.mapping(self.geometry),
+        }
+
+
+def load_sites(
+    source: str | os.PathLike[str] | gpd.GeoDataFrame | gpd.GeoSeries | Mapping[str, Any],
+    *,
+    id_field: str | None = None,
+    start_year_field: str | None = "start_year",
+    layer: str | int | None = None,
+) -> list[Site]:
+    """Load site polygons as :class:`Site` objects in EPSG:4326.
+
+    Parameters
+    ----------
+    source : str, path-like, GeoDataFrame, GeoSeries or mapping
+        A GeoJSON, GeoPackage or Shapefile path (anything GDAL reads), a
+        GeoDataFrame/GeoSeries with a CRS, or a GeoJSON FeatureCollection
+        mapping (or an object with ``__geo_interface__``). GeoJSON's legacy
+        ``"crs"`` member (e.g. ``urn:ogc:def:crs:EPSG::5880``) is honoured;
+        everything is reprojected to EPSG:4326.
+    id_field : str, optional
+        Column holding the site id. By default the first of ``rid``, ``id``,
+        ``site_id``; then GeoJSON Feature ``"id"`` members; then the row
+        number (0, 1, ...). A named index of a GeoDataFrame counts as a column.
+    start_year_field : str or None, default "start_year"
+        Column holding the start year; ``None`` for no start years. The
+        default column may be absent (years are then ``None``).
+    layer : str or int, optional
+        Layer to read from a multi-layer file (e.g. a GeoPackage).
+
+    Returns
+    -------
+    list of Site
+        One per feature, in file order. Columns other than the geometry, id
+        and start year become each site's ``properties``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a local path does not exist.
+    SiteError
+        If the file cannot be read, is empty or has no CRS; if ids are
+        missing or duplicated; if a feature has no geometry or a
+        non-polygonal one; if lon/lat coordinates look projected.
+
+    Examples
+    --------
+    >>> import geopandas as gpd
+    >>> from shapely.geometry import box
+    >>> gdf = gpd.GeoDataFrame(
+    ...     {"rid": [3107, 3108], "start_year": [2016, None], "state": ["SP", "SP"]},
+    ...     geometry=[box(-48.0, -22.6, -47.99, -22.59), box(-47.9, -22.6, -47.89, -22.59)],
+    ...     crs="EPSG:4326",
+    ... )
+    >>> sites = load_sites(gdf)
+    >>> sites
+    [Site(id=3107, start_year=2016), Site(id=3108, start_year=None)]
+    >>> sites[0].properties
+    {'state': 'SP'}
+    """
+    import geopandas as gpd
+
+    feature_ids: Callable[[], list[Any] | None] = _no_feature_ids
+    if isinstance(source, gpd.GeoDataFrame):
+        gdf, what = source, "GeoDataFrame"
+        if gdf.crs is None:
+            raise SiteError(
+                "the GeoDataFrame has no CRS, so its coordinates cannot be placed on "
+                "Earth; set the CRS its coordinates are in, e.g. "
+                "gdf = gdf.set_crs('EPSG:4326') for lon/lat"
+            )
+    elif isinstance(source, gpd.GeoSeries):
+        if source.crs is None:
+            raise SiteError(
+                "the GeoSeries has no CRS; set the CRS its coordinates are in, e.g. "
+                "s = s.set_crs('EPSG:4326') for lon/lat"
+            )
+        gdf, what = gpd.GeoDataFrame(geometry=source), "GeoSeries"
+    elif isinstance(source, (str, os.PathLike)):
+        gdf, feature_ids = _read_file(source, layer)
+        what = str(source)
+    elif isinstance(source, Mapping) or hasattr(source, "__geo_interface__"):
+        mapping = source if isinstance(source, Mapping) else source.__geo_interface__
+        gdf, fids = _frame_from_geojson(mapping)
+        feature_ids, what = (lambda: fids), "GeoJSON mapping"
+    else:
+        raise TypeError(
+            "load_sites expects a path to a site file, a GeoDataFrame/GeoSeries or a GeoJSON "
+            f"FeatureCollection mapping, got {type(source).__name__}"
+        )
+    if len(gdf) == 0:
+        raise SiteError(f"{what} contains no features; expected site polygons")
+    return _sites_from_frame(
+        gdf,
+        what=what,
+        id_field=id_field,
+        start_year_field=start_year_field,
+        feature_ids=feature_ids,
+    )
+
+
+def as_site(where: Any, *, id: int | str | None = None) -> Site:
+    """Turn one site-like object into a :class:`Site`.
+
+    Parameters
+    ----------
+    where : Site, shapely Polygon/MultiPolygon, mapping or GeoDataFrame
+        A :class:`Site` (returned as is); a shapely geometry in EPSG:4326; a
+        GeoJSON geometry, Feature or single-feature FeatureCollection mapping
+        (or anything with ``__geo_interface__``), in EPSG:4326 unless it has a
+        legacy ``"crs"`` member; or a one-row GeoDataFrame/GeoSeries.
+    id : int or str, optional
+        Id to give the site. Defaults to the id :func:`load_sites` would pick
+        (properties ``rid``/``id``/``site_id``, then the Feature ``"id"``), or
+        ``0`` for a bare geometry.
+
+    Returns
+    -------
+    Site
+
+    Raises
+    ------
+    SiteError
+        If the geometry is unusable or ``where`` holds more than one feature.
+    TypeError
+        If ``where`` is none of the above.
+
+    Examples
+    --------
+    >>> from shapely.geometry import box
+    >>> as_site(box(-48.0, -22.6, -47.99, -22.59))
+    Site(id=0, start_year=None)
+    >>> as_site(
+    ...     {
+    ...         "type": "Feature",
+    ...         "id": "plot-a",
+    ...         "properties": {"start_year": 2019},
+    ...         "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]},
+    ...     }
+    ... )
+    Site(id='plot-a', start_year=2019)
+    """
+    if isinstance(where, Site):
+        if id is None or _to_id(id) == where.id:
+            return where
+        return dataclasses.replace(where, id=id)
+    if isinstance(where, BaseGeometry):
+        return Site(id=0 if id is None else id, start_year=None, geometry=where)
+    if _is_geopandas(where) or isinstance(where, Mapping) or hasattr(where, "__geo_interface__"):
+        sites = load_sites(where)
+        if len(sites) != 1:
+            raise SiteError(
+                f"as_site takes one site but got {len(sites)} features; use load_sites for several"
+            )
+        return sites[0] if id is None else dataclasses.replace(sites[0], id=id)
+    raise TypeError(
+        "as_site expects a Site, a shapely Polygon/MultiPolygon, a GeoJSON geometry or "
+        f"Feature mapping, or an object with __geo_interface__; got {type(where).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _no_feature_ids() -> None:
+    return None
+
+
+def _read_file(
+    source: str | os.PathLike[str], layer: str | int | None
+) -> tuple[gpd.GeoDataFrame, Callable[[], list[Any] | None]]:
+    """Read a vector file with GDAL, plus a lazy reader of GeoJSON Feature ids."""
+    import geopandas as gpd
+    import pyogrio
+    from pyogrio.errors import DataLayerError, DataSourceError
+
+    path = os.fspath(source)
+    # URLs and GDAL virtual paths cannot be checked locally; GDAL reports them.
+    is_local = "://" not in path and not path.startswith("/vsi")
+    if is_local and not os.path.exists(path):
+        raise FileNotFoundError(
+            errno.ENOENT, f"No site file at {path!r}; expected {_FORMATS}", path
+        )
+    try:
+        driver = pyogrio.read_info(path, layer=layer)["driver"]
+        with warnings.catch_warnings():
+            # GDAL renumbers repeated GeoJSON Feature ids; feature_ids() reads the real ones.
+            warnings.filterwarnings("ignore", "Several features with id", RuntimeWarning)
+            gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
+    except (DataSourceError, DataLayerError) as err:
+        raise SiteError(
+            f"cannot read sites from {path!r}: {err}. xembed reads {_FORMATS}, "
+            "or anything GDAL/geopandas reads (pass a GeoDataFrame)"
+        ) from err
+    if gdf.crs is None:
+        raise SiteError(
+            f"{path!r} declares no CRS, so its coordinates cannot be placed on Earth "
+            "(a Shapefile without its .prj?); read it with geopandas.read_file, "
+            "set the CRS with gdf.set_crs(...) and pass the GeoDataFrame"
+        )
+
+    def feature_ids() -> list[Any] | None:
+        # GDAL turns integer GeoJSON Feature ids into FIDs, which it renumbers
+        # when they repeat or mix with strings; read them from the JSON itself.
+        if driver not in _GEOJSON_DRIVERS or not is_local or layer not in (None, 0):
+            return None
+        try:
+            with open(path, encoding="utf-8-sig") as f:
+                features = json.load(f).get("features")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not isinstance(features, list) or len(features) != len(gdf):
+            return None
+        ids = [feat.get("id") if isinstance(feat, Mapping) else None for feat in features]
+        return None if all(i is None for i in ids) else ids
+
+    return gdf, feature_ids
+
+
+def _frame_from_geojson(obj: Mapping[str, Any]) -> tuple[gpd.GeoDataFrame, list[Any] | None]:
+    """A GeoDataFrame (and Feature ids) from a GeoJSON geometry/Feature/FeatureCollection."""
+    import geopandas as gpd
+    import pandas as pd
+
+    kind = obj.get("type")
+    if kind == "FeatureCollection":
+        features = list(obj.get("features") or [])
+    elif kind == "Feature":
+        features = [obj]
+    elif (isinstance(kind, str) and "coordinates" in obj) or kind == "GeometryCollection":
+        features = [{"type": "Feature", "properties": {}, "geometry": obj}]
+    else:
+        raise SiteError(
+            f"not a GeoJSON object (type={kind!r}); expected a geometry, a Feature or a "
+            "FeatureCollection mapping"
+        )
+    geoms: list[BaseGeometry | None] = []
+    for i, feat in enumerate(features):
+        if not isinstance(feat, Mapping):
+            raise SiteError(
+                f"feature {i} is a {type(feat).__name__}, not a GeoJSON Feature mapping"
+            )
+        geom = feat.get("geometry")
+        try:
+            geoms.append(shape(geom) if geom else None)
+        except (ValueError, TypeError, AttributeError, KeyError) as err:
+            raise SiteError(f"feature {i}: malformed GeoJSON geometry ({err})") from err
+    # object dtype keeps Python values as given (no int -> float when a value is None).
+    props = pd.DataFrame(
+        [dict(f.get("properties") or {}) for f in features],
+        index=range(len(features)),
+        dtype=object,
+    )
+    geom_col = "_xembed_geometry"  # cannot clash with a "geometry" property
+    gdf = gpd.GeoDataFrame(
+        props.assign(**{geom_col: gpd.GeoSeries(geoms, index=props.index)}),
+        geometry=geom_col,
+        crs=_legacy_crs(obj.get("crs")),
+    )
+    ids = [f.get("id") for f in features]
+    return gdf, None if all(i is None for i in ids) else ids
+
+
+def _legacy_crs(crs: Any) -> Any:
+    """The CRS named by a GeoJSON 2008 ``"crs"`` member (EPSG:4326 when absent)."""
+    import pyproj
+
+    if crs is None:
+        return "EPSG:4326"
+    props = crs.get("properties") if isinstance(crs, Mapping) else None
+    name = props.get("name") if isinstance(props, Mapping) else None
+    if not isinstance(name, str) or crs.get("type") != "name":
+        raise SiteError(
+            f"unsupported GeoJSON 'crs' member {crs!r}; expected "
+            "{'type': 'name', 'properties': {'name': 'urn:ogc:def:crs:EPSG::<code>'}}"
+        )
+    try:
+        return pyproj.CRS.from_user_input(name)
+    except pyproj.exceptions.CRSError as err:
+        raise SiteError(f"unknown CRS {name!r} in the GeoJSON 'crs' member: {err}") from err
+
+
+# --------------------------------------------------------------------------- frame -> sites
+
+
+def _sites_from_frame(
+    gdf: gpd.GeoDataFrame,
+    *,
+    what: str,
+    id_field: str | None,
+    start_year_field: str | None,
+    feature_ids: Callable[[], list[Any] | None],
+) -> list[Site]:
+    """Validate a GeoDataFrame with a CRS and turn its rows into Sites."""
+    from geopandas.array import GeometryDtype
+
+    # A named index (gdf.set_index("rid")) is data the user expects to be usable.
+    named = [n for n in gdf.index.names if n is not None and n not in gdf.columns]
+    if named:
+        gdf = gdf.reset_index(level=named)
+    columns = [c for c in gdf.columns if c != gdf.geometry.name]
+
+    id_col = _pick_id_column(columns, id_field, what)
+    if id_col is not None:
+        raw_ids: Sequence[Any] = gdf[id_col].tolist()
+    else:
+        raw_ids = feature_ids() or range(len(gdf))
+    ids = _normalise_ids(raw_ids, id_col)
+
+    year_col = start_year_field if start_year_field in columns else None
+    if start_year_field not in (None, "start_year") and year_col is None:
+        raise SiteError(
+            f"start_year_field {start_year_field!r} is not a column of {what}; "
+            f"available columns: {columns}"
+        )
+
+    geoms = gdf.geometry
+    missing = [i for i, g in zip(ids, geoms, strict=True) if g is None or g.is_empty]
+    if missing:
+        raise SiteError(
+            f"{what}: {_name_ids(missing, 'has', 'have')} no geometry (null or empty); "
+            "drop them first, e.g. gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]"
+        )
+    wrong = [
+        f"{i!r} ({g.geom_type})"
+        for i, g in zip(ids, geoms, strict=True)
+        if not isinstance(g, (Polygon, MultiPolygon))
+    ]
+    if wrong:
+        raise SiteError(
+            f"{what}: {_name_ids(wrong, 'is not a polygon', 'are not polygons', str)}; "
+            "xembed needs Polygon or MultiPolygon site boundaries (buffer points/lines into "
+            "areas first)"
+        )
+    if gdf.crs.is_geographic:
+        bounds = geoms.bounds.to_numpy()
+        outside = (np.abs(bounds[:, [0, 2]]) > 180).any(axis=1) | (
+            np.abs(bounds[:, [1, 3]]) > 90
+        ).any(axis=1)
+        if outside.any():
+            bad = [i for i, o in zip(ids, outside, strict=True) if o]
+            raise SiteError(
+                f"{what} is declared {gdf.crs.to_string()} (lon/lat degrees) but "
+                f"{_name_ids(bad, 'has', 'have')} coordinates beyond ±180/±90: they look projected "
+                "(metres). Set the CRS they are really in, e.g. "
+                "gdf = gdf.set_crs('EPSG:5880', allow_override=True) on the GeoDataFrame "
+                "(read a file with geopandas.read_file first), then call load_sites(gdf)"
+            )
+    if not gdf.crs.equals("EPSG:4326"):
+        geoms = gdf.to_crs("EPSG:4326").geometry
+
+    years = gdf[year_col].tolist() if year_col is not None else [None] * len(gdf)
+    prop_cols = [
+        c
+        for c in columns
+        if c not in (id_col, year_col) and not isinstance(gdf[c].dtype, GeometryDtype)
+    ]
+    records = gdf[prop_cols].to_dict("records") if prop_cols else [{}] * len(gdf)
+    return [
+        Site(
+            id=site_id,
+            start_year=year,
+            geometry=geom,
+            properties={str(k): _py_scalar(v) for k, v in rec.items()},
+        )
+        for site_id, year, geom, rec in zip(ids, years, geoms, records, strict=True)
+    ]
+
+
+def _pick_id_column(columns: list[Hashable], id_field: str | None, what: str) -> Hashable | None:
+    if id_field is not None:
+        if id_field not in columns:
+            raise SiteError(
+                f"id_field {id_field!r} is not a column of {what}; available columns: {columns}"
+            )
+        return id_field
+    return next((c for c in ID_FIELDS if c in columns), None)
+
+
+def _normalise_ids(raw: Iterable[Any], column: Hashable | None) -> list[int | str]:
+    source = f"column {column!r}" if column is not None else "GeoJSON Feature 'id'"
+    ids: list[int | str] = []
+    missing: list[int] = []
+    for row, value in enumerate(raw):
+        if _is_missing(value):
+            missing.append(row)
+            continue
+        try:
+            ids.append(_to_id(value))
+        except SiteError as err:
+            raise SiteError(f"row {row}: {err}") from None
+    if missing:
+        raise SiteError(
+            f"{'row' if len(missing) == 1 else 'rows'} {_name_list(missing)} "
+            f"{'has' if len(missing) == 1 else 'have'} no site id in {source}; "
+            "give every feature an id, or pass id_field= to use another column"
+        )
+    seen: dict[int | str, int] = {}
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+    duplicated = [i for i, n in seen.items() if n > 1]
+    if duplicated:
+        raise SiteError(
+            f"duplicate site ids {_name_list(duplicated)} in {source}; ids must be unique "
+            "(pass id_field= to use another column)"
+        )
+    return ids
+
+
+# --------------------------------------------------------------------------- value cleaning
+
+
+def _to_id(value: Any) -> int | str:
+    """A site id as a plain ``int`` or ``str`` (numpy and integral floats accepted)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise SiteError(f"site id {value!r} is a boolean; expected an int or a str")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        if math.isfinite(value) and float(value).is_integer():
+            return int(float(value))
+        raise SiteError(f"site id {value!r} is not a whole number; expected an int or a str")
+    if isinstance(value, str):
+        return str(value)  # also turns numpy.str_ into str
+    raise SiteError(f"site id {value!r} is a {type(value).__name__}; expected an int or a str")
+
+
+def _to_year(value: Any, site_id: int | str) -> int | None:
+    """A start year as ``int`` or ``None``; pandas gives floats (2016.0) and NaN."""
+    if _is_missing(value):
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:  # years typed as text, e.g. in a spreadsheet-made file
+            return int(value.strip())
+        except ValueError:
+            pass
+    elif not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real):
+        if float(value).is_integer():
+            return int(float(value))
+    raise SiteError(f"site {site_id!r}: start_year {value!r} is not a year; expected an int")
+
+
+def _clean_geometry(geom: Any, site_id: int | str) -> Polygon | MultiPolygon:
+    """Check a site geometry and repair it if invalid (warning), in EPSG:4326."""
+    if geom is None:
+        raise SiteError(f"site {site_id!r} has no geometry; expected a Polygon or MultiPolygon")
+    if not isinstance(geom, (Polygon, MultiPolygon)):
+        raise SiteError(
+            f"site {site_id!r}: geometry is a {getattr(geom, 'geom_type', type(geom).__name__)}; "
+            "xembed needs a Polygon or MultiPolygon (buffer points/lines into areas first)"
+        )
+    if geom.is_empty:
+        raise SiteError(f"site {site_id!r}: geometry is empty; expected a non-empty polygon")
+    if geom.has_z:
+        geom = shapely.force_2d(geom)  # elevation plays no part in pixel coverage
+    xmin, ymin, xmax, ymax = geom.bounds
+    if not (-180 <= xmin <= xmax <= 180 and -90 <= ymin <= ymax <= 90):
+        raise SiteError(
+            f"site {site_id!r}: coordinates {geom.bounds} are not EPSG:4326 lon/lat "
+            "(they look projected); reproject them to EPSG:4326 or set the right CRS"
+        )
+    if geom.is_valid:
+        return geom
+    reason = shapely.is_valid_reason(geom)
+    repaired = _polygonal_part(shapely.make_valid(geom))
+    if repaired is None:
+        raise SiteError(
+            f"site {site_id!r}: invalid geometry ({reason}) has no area left after "
+            "shapely.make_valid; fix the polygon"
+        )
+    warnings.warn(
+        f"site {site_id!r}: invalid geometry ({reason}) repaired with shapely.make_valid; "
+        "check the result",
+        UserWarning,
+        stacklevel=_stacklevel(),
+    )
+    return repaired
+
+
+def _polygonal_part(geom: BaseGeometry) -> Polygon | MultiPolygon | None:
+    """The areal part of make_valid's output (which may add lines and points)."""
+    if isinstance(geom, (Polygon, MultiPolygon)):
+        return None if geom.is_empty else geom
+    if isinstance(geom, GeometryCollection):
+        parts = [g for g in geom.geoms if isinstance(g, (Polygon, MultiPolygon)) and not g.is_empty]
+        if parts:
+            merged = shapely.union_all(parts)
+            if isinstance(merged, (Polygon, MultiPolygon)) and not merged.is_empty:
+                return merged
+    return None
+
+
+def _py_scalar(value: Any) -> Any:
+    """A plain Python value for a properties dict (no numpy/pandas scalars, NaN -> None)."""
+    import pandas as pd
+
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple, dict, set)):
+        return value
+    if _is_missing(value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if isinstance(value, pd.Timedelta):
+        return value.to_pytimedelta()
+    if isinstance(value, np.datetime64):
+        return pd.Timestamp(value).to_pydatetime()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _is_missing(value: Any) -> bool:
+    """None, NaN, pandas NA or NaT (scalars only)."""
+    import pandas as pd
+
+    if value is None:
+        return True
+    if isinstance(value, (str, bytes, _dt.date, list, tuple, dict, set, np.ndarray)):
+        return value is pd.NaT
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_geopandas(obj: Any) -> bool:
+    return type(obj).__module__.split(".")[0] == "geopandas"
+
+
+def _name_ids(ids: Sequence[Any], one: str, many: str, fmt: Callable[[Any], str] = repr) -> str:
+    """``site 3 has`` / ``sites 3, 4 have``: messages that read right for one or many."""
+    if len(ids) == 1:
+        return f"site {fmt(ids[0])} {one}"
+    return f"sites {_name_list(ids, fmt)} {many}"
+
+
+def _name_list(items: Sequence[Any], fmt: Callable[[Any], str] = repr) -> str:
+    shown = ", ".join(fmt(i) for i in items[:_MAX_NAMED])
+    more = f", ... ({len(items)} in all)" if len(items) > _MAX_NAMED else ""
+    return shown + more
+
+
+def _stacklevel() -> int:
+    """Stack level of the first caller outside xembed, so warnings point at user code."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_PKG_DIR)
+        # dataclass-generated __init__ has no file but this module's globals
+        or frame.f_globals.get("__name__") == __name__
+    ):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
