@@ -1,0 +1,252 @@
+"""``open_embeddings``: one entry point, one cube schema, whatever the source."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import dask.array as da
+import rioxarray  # noqa: F401  (registers .rio, used to write the CRS)
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+
+from xembed.errors import SourceError
+from xembed.grid import Grid, coverage_fraction, target_grid, utm_zone_name
+from xembed.schema import (
+    ATTRIBUTION,
+    BANDS,
+    COLLECTION,
+    FIRST_YEAR,
+    LICENSE,
+    last_possible_year,
+)
+from xembed.sites import Site, as_site
+
+__all__ = ["DEFAULT_CHUNKS", "SOURCES", "open_embeddings"]
+
+#: All years and all bands in one chunk, space tiled: cross-year analyses
+#: then need no rechunk, and a task reads one window of each year's file.
+#: 8 years x 64 bands x 256 x 256 float32 = 134 MB per chunk.
+DEFAULT_CHUNKS: dict[str, int] = {"year": -1, "band": -1, "y": 256, "x": 256}
+#: Names ``source=`` accepts (besides a path to a local mirror folder).
+SOURCES = ("sample", "cog", "ee")
+
+
+def _normalize_years(years: int | Iterable[int]) -> tuple[int, ...]:
+    if isinstance(years, (int, np.integer)):
+        years = [int(years)]
+    try:
+        out = tuple(int(y) for y in years)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"years must be an int, a range or an iterable of ints, got {years!r}"
+        ) from err
+    if not out:
+        raise ValueError("years is empty; pass e.g. range(2018, 2025)")
+    if len(set(out)) != len(out):
+        raise ValueError(f"years {list(out)} repeat a year; pass each year once")
+    bad = [y for y in out if y < FIRST_YEAR or y > last_possible_year()]
+    if bad:
+        raise ValueError(
+            f"years {bad} are outside the collection, which starts in {FIRST_YEAR} and "
+            f"cannot go past {last_possible_year()}"
+        )
+    return out
+
+
+def _normalize_chunks(chunks: Mapping[str, int] | int | None) -> dict[str, int]:
+    merged = dict(DEFAULT_CHUNKS)
+    if chunks is None:
+        return merged
+    if isinstance(chunks, (int, np.integer)):
+        merged.update(y=int(chunks), x=int(chunks))
+        return merged
+    unknown = sorted(set(chunks) - set(merged))
+    if unknown:
+        raise ValueError(
+            f"chunks has unknown dimensions {unknown}; expected some of {list(merged)}"
+        )
+    merged.update({k: int(v) for k, v in chunks.items()})
+    return merged
+
+
+def _resolve_source(source: str | os.PathLike[str], root: str | os.PathLike[str] | None) -> tuple[str, str]:
+    """(kind, root) for a ``source=`` argument."""
+    from xembed.sources import cog, sample
+
+    if isinstance(source, os.PathLike) or (
+        isinstance(source, str) and source not in SOURCES and (os.sep in source or os.path.isdir(source))
+    ):
+        return "cog", str(source)
+    if source == "sample":
+        return "sample", str(root or sample.sample_root())
+    if source == "cog":
+        return "cog", str(root or cog.DEFAULT_ROOT)
+    if source == "ee":
+        raise NotImplementedError(
+            "source='ee' (Earth Engine through Xee) is not available yet; use source='cog' "
+            "for the public mirror (no account needed) or source='sample' for the demo data"
+        )
+    raise SourceError(
+        f"unknown source {source!r}; expected one of {list(SOURCES)} or the path of a local "
+        "mirror folder (one holding aef_index.parquet)"
+    )
+
+
+def build_cube(
+    data: da.Array,
+    grid: Grid,
+    geometry: Any,
+    years: tuple[int, ...],
+    *,
+    site: Site,
+    clip: bool,
+    attrs: Mapping[str, Any],
+) -> xr.Dataset:
+    """Wrap a lazy ``(year, band, y, x)`` array in the cube schema.
+
+    Every source calls this, so every source returns the same cube.
+    """
+    coverage = coverage_fraction(geometry, grid)
+    coords = {
+        "year": ("year", np.asarray(years, dtype=np.int64)),
+        "band": ("band", np.asarray(BANDS)),
+        "y": ("y", grid.y, {"units": "metre", "standard_name": "projection_y_coordinate"}),
+        "x": ("x", grid.x, {"units": "metre", "standard_name": "projection_x_coordinate"}),
+    }
+    embeddings = xr.DataArray(
+        data,
+        dims=("year", "band", "y", "x"),
+        coords=coords,
+        name="embeddings",
+        attrs={"long_name": "AlphaEarth Foundations embedding", "units": "1"},
+    )
+    cov = xr.DataArray(
+        coverage,
+        dims=("y", "x"),
+        coords={"y": coords["y"], "x": coords["x"]},
+        name="coverage",
+        attrs={"long_name": "fraction of the pixel inside the site polygon", "units": "1"},
+    )
+    if clip:
+        # Lazy: a dask `where` against an in-memory mask.
+        embeddings = embeddings.where(cov > 0)
+    ds = xr.Dataset({"embeddings": embeddings, "coverage": cov})
+    ds.attrs = {
+        "title": "AlphaEarth Foundations satellite embeddings",
+        "collection": COLLECTION,
+        "version": "V1",
+        "site_id": str(site.id),
+        "site_start_year": -1 if site.start_year is None else int(site.start_year),
+        "site_geometry_wkt": site.geometry.wkt,
+        "utm_zone": utm_zone_name(grid.crs),
+        "buffer_m": float(attrs.get("buffer_m", 0.0)),
+        "clipped": int(clip),
+        "license": LICENSE,
+        "attribution": ATTRIBUTION,
+        **{k: v for k, v in attrs.items() if k != "buffer_m"},
+    }
+    ds = ds.rio.write_crs(grid.crs)
+    return ds.rio.write_transform(grid.transform)
+
+
+def open_embeddings(
+    where: Site | Any,
+    years: int | Iterable[int],
+    *,
+    source: str | os.PathLike[str] = "sample",
+    root: str | os.PathLike[str] | None = None,
+    buffer: float = 0.0,
+    clip: bool = True,
+    chunks: Mapping[str, int] | int | None = None,
+) -> xr.Dataset:
+    """Open the embeddings of a site as a lazy ``(year, band, y, x)`` cube.
+
+    Parameters
+    ----------
+    where : Site, shapely geometry or GeoJSON-like mapping
+        The site, in EPSG:4326 (lon/lat).
+    years : int or iterable of int
+        Years to open (the collection starts in 2017), e.g. ``range(2018, 2025)``.
+    source : {"sample", "cog", "ee"} or path
+        ``"sample"``: the bundled demo mirror (generated on first use);
+        ``"cog"``: the public mirror (``root`` overrides the default
+        Source Cooperative bucket); a path: a local mirror folder.
+    root : str or path, optional
+        Mirror location for ``source="cog"`` or ``"sample"``: a folder or an
+        ``s3://``, ``gs://`` or ``https://`` prefix.
+    buffer : float
+        Metres of context around the site's bounds (e.g. 500 for the
+        original notebook's views).
+    clip : bool
+        Mask (NaN) pixels with no part inside the polygon. The ``coverage``
+        variable is there either way.
+    chunks : mapping or int, optional
+        Dask chunks per dimension; an int sets ``y`` and ``x``. Default
+        :data:`DEFAULT_CHUNKS`: all years and bands, 256 x 256 pixels.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``embeddings(year, band, y, x)`` float32 (dask), ``coverage(y, x)``,
+        the site's UTM CRS (``ds.rio.crs``) and attrs naming the source,
+        the site and the licence. Nothing is read until computed.
+
+    Raises
+    ------
+    ValueError
+        For years outside the collection or the source (the message lists
+        the available years), or bad chunks.
+    xembed.errors.DataNotFoundError
+        If the source has no files over the site.
+    xembed.errors.SourceError
+        For an unknown source or a malformed mirror.
+
+    Examples
+    --------
+    >>> import xembed
+    >>> site = xembed.demo_sites()[0]
+    >>> ds = xembed.open_embeddings(site, range(2018, 2021))
+    >>> ds.embeddings.dims, ds.sizes["year"], ds.sizes["band"]
+    (('year', 'band', 'y', 'x'), 3, 64)
+    >>> ds.rio.crs.to_epsg()
+    32722
+    """
+    from xembed.sources import cog
+
+    site = as_site(where)
+    years = _normalize_years(years)
+    chunk_spec = _normalize_chunks(chunks)
+    if buffer < 0:
+        raise ValueError(f"buffer must be >= 0 metres, got {buffer!r}")
+    kind, mirror = _resolve_source(source, root)
+    available = cog.available_years(mirror)
+    missing = [y for y in years if y not in available]
+    if missing:
+        raise ValueError(
+            f"years {missing} are not in source {kind!r} ({mirror}); available years: {available}"
+        )
+    grid, geometry = target_grid(site.geometry, buffer=buffer)
+    reader = cog.MosaicReader(grid, years, cog.plan_mosaic(mirror, grid, years))
+    chunk_tuple = tuple(
+        reader.shape[i] if chunk_spec[dim] in (-1, 0) else chunk_spec[dim]
+        for i, dim in enumerate(("year", "band", "y", "x"))
+    )
+    data = da.from_array(
+        reader,
+        chunks=chunk_tuple,
+        name="embeddings-" + tokenize(reader, chunk_tuple),
+        meta=np.empty((0, 0, 0, 0), dtype=np.float32),
+        asarray=False,
+    )
+    return build_cube(
+        data,
+        grid,
+        geometry,
+        years,
+        site=site,
+        clip=clip,
+        attrs={"source": kind, "source_root": mirror, "buffer_m": float(buffer)},
+    )

@@ -1,0 +1,145 @@
+"""Test helpers for xembed and for users' own pipelines.
+
+- :func:`make_cube`: small in-memory cubes with planted, hand-checkable patterns;
+- :func:`raise_if_dask_computes`: a counting dask scheduler that proves laziness.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import dask
+import numpy as np
+import pyproj
+import shapely
+import xarray as xr
+
+__all__ = ["CountingScheduler", "make_cube", "planted_vector", "raise_if_dask_computes"]
+
+
+def planted_vector(seed: int = 0) -> np.ndarray:
+    """The unit vector :func:`make_cube` plants inside its polygon.
+
+    Examples
+    --------
+    >>> float(np.linalg.norm(planted_vector()))  # doctest: +NUMBER
+    1.0
+    """
+    v = np.random.default_rng([seed, 1]).normal(size=64)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def make_cube(
+    years: Sequence[int] = (2020, 2021),
+    shape: tuple[int, int] = (32, 48),
+    *,
+    chunks: Mapping[str, int] | None = None,
+    seed: int = 0,
+    crs: str = "EPSG:32722",
+    origin: tuple[float, float] = (600_000.0, 7_500_000.0),
+    clip: bool = False,
+) -> xr.Dataset:
+    """A small cube in the schema of :func:`xembed.open_embeddings`.
+
+    Planted pattern: the site polygon is the grid inset by a quarter of its
+    size on each side, with a triangle cut off so that some pixels are
+    partly covered. Every pixel that touches the polygon holds
+    :func:`planted_vector` (``seed``) in every year, so the polygon mean is
+    exactly that vector and its cosine between years is exactly 1. The other
+    pixels hold independent random unit vectors.
+
+    Parameters
+    ----------
+    years, shape
+        Cube size: one slice per year, ``shape = (ny, nx)`` pixels of 10 m.
+    chunks : mapping, optional
+        Dask chunks (e.g. ``{"y": 16}``); ``None`` gives numpy-backed data.
+    seed : int
+        Seed of the random vectors and the planted vector.
+    crs, origin
+        The UTM CRS and the (west, north) corner in metres (multiples of 10).
+    clip : bool
+        Mask pixels outside the polygon with NaN, as ``open_embeddings`` does.
+
+    Examples
+    --------
+    >>> cube = make_cube(years=(2020, 2021), shape=(8, 8))
+    >>> dict(cube.embeddings.sizes)
+    {'year': 2, 'band': 64, 'y': 8, 'x': 8}
+    >>> bool(np.allclose(cube.embed.polygon_mean().isel(year=0), planted_vector()))
+    True
+    """
+    from xembed.cube import build_cube
+    from xembed.grid import Grid
+    from xembed.sites import Site
+
+    ny, nx = shape
+    west, north = origin
+    grid = Grid(crs=pyproj.CRS(crs), west=west, north=north, width=nx, height=ny)
+    x0, x1 = west + 10 * nx / 4, west + 10 * 3 * nx / 4
+    y0, y1 = north - 10 * 3 * ny / 4, north - 10 * ny / 4
+    cut = 10 * min(nx, ny) / 8 + 3.3  # off the lattice: partial pixels
+    polygon = shapely.Polygon(
+        [(x0, y0), (x1, y0), (x1, y1 - cut), (x1 - cut, y1), (x0, y1), (x0, y0)]
+    )
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(len(years), 64, ny, nx)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    to_lonlat = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    site = Site(
+        id="test",
+        start_year=int(years[0]),
+        geometry=shapely.transform(polygon, lambda c: np.column_stack(to_lonlat.transform(*c.T))),
+    )
+    ds = build_cube(
+        data,  # type: ignore[arg-type]
+        grid,
+        polygon,
+        tuple(int(y) for y in years),
+        site=site,
+        clip=False,
+        attrs={"source": "synthetic"},
+    )
+    inside = ds["coverage"] > 0
+    ds["embeddings"] = ds["embeddings"].where(~inside, xr.DataArray(planted_vector(seed), dims="band"))
+    if clip:
+        ds["embeddings"] = ds["embeddings"].where(inside)
+        ds.attrs["clipped"] = 1
+    ds["embeddings"] = ds["embeddings"].astype(np.float32)
+    if chunks is not None:
+        ds = ds.chunk(dict(chunks))
+    return ds
+
+
+class CountingScheduler:
+    """A dask scheduler that counts computes and fails past ``max_computes``."""
+
+    def __init__(self, max_computes: int = 0) -> None:
+        self.total_computes = 0
+        self.max_computes = max_computes
+
+    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        self.total_computes += 1
+        if self.total_computes > self.max_computes:
+            raise RuntimeError(
+                f"Too many dask computations were triggered: {self.total_computes} > "
+                f"{self.max_computes} allowed"
+            )
+        return dask.get(dsk, keys, **kwargs)
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes(max_computes: int = 0) -> Iterator[CountingScheduler]:
+    """Fail if code inside computes anything with dask more than allowed.
+
+    Examples
+    --------
+    >>> cube = make_cube(shape=(8, 8), chunks={"y": 4})
+    >>> with raise_if_dask_computes():
+    ...     mean = cube.embed.polygon_mean()  # builds, computes nothing
+    """
+    scheduler = CountingScheduler(max_computes)
+    with dask.config.set(scheduler=scheduler):
+        yield scheduler
