@@ -32,11 +32,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Keep the generated sample inside the test session unless a cache is given."""
+def pytest_configure(config: pytest.Config) -> None:
+    """One sample cache for the whole run, shared by xdist workers.
+
+    The controller (or a plain run) generates the sample once before tests
+    start; workers inherit ``XEMBED_CACHE`` and find it ready.
+    """
     if "XEMBED_CACHE" not in os.environ:
-        os.environ["XEMBED_CACHE"] = str(tmp_path_factory.mktemp("xembed-cache"))
+        base = Path(config.rootpath) / ".cache" / "xembed-test"
+        os.environ["XEMBED_CACHE"] = str(base)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        from xembed.sources.sample import sample_root
+
+        sample_root()
 
 
 def pattern(year: int, band: np.ndarray, col: np.ndarray, row: np.ndarray, zone: int):

@@ -11,7 +11,7 @@ import shapely
 from rasterio.windows import Window
 
 import xembed
-from tests.conftest import FILE_PX, YEARS, mirror_images, write_mirror
+from tests.conftest import YEARS, mirror_images, write_mirror
 from xembed.errors import DataNotFoundError, SourceError
 from xembed.schema import dequantize
 from xembed.sources import cog
@@ -68,15 +68,14 @@ def test_reader_exact_in_one_zone(root):
 
 def test_reader_equals_plain_rasterio_read(root):
     """Same-zone window read straight from one file, flipped and de-quantised."""
-    _, west, north, _ = mirror_images()[22, 2019]
     site = image_box(22, 1.5, 42, 38.5, 78)  # inside the file (yOff=40, xOff=0)
     ds = xembed.open_embeddings(site, [2019], source=root, clip=False)
     path = root / "2019/22S/img22abcdefghijklm-0000000040-0000000000.tiff"
     with rasterio.open(path) as src:
         assert src.transform.e > 0, "the fixture must be bottom-up"
-        col0 = int(round((ds.x.values[0] - 5 - src.transform.c) / 10))
+        col0 = round((ds.x.values[0] - 5 - src.transform.c) / 10)
         # bottom-up: source row of the cube's southern-most row
-        row0 = int(round((ds.y.values[-1] - 5 - src.transform.f) / 10))
+        row0 = round((ds.y.values[-1] - 5 - src.transform.f) / 10)
         raw = src.read(window=Window(col0, row0, ds.sizes["x"], ds.sizes["y"]))
     assert raw.shape == (64, 36, 38)
     reference = dequantize(raw[:, ::-1, :])
@@ -88,7 +87,10 @@ def test_reader_mosaics_across_the_zone_boundary(root):
     to_22 = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32722", always_xy=True)
     bx, by = to_22.transform(-48.0, -22.6)
     # centroid just west of -48: zone 22; the east part needs zone 23, warped
-    site = lonlat_polygon("EPSG:32722", [(bx - 250, by - 200), (bx + 180, by - 200), (bx + 180, by + 150), (bx - 250, by + 150)])
+    site = lonlat_polygon(
+        "EPSG:32722",
+        [(bx - 250, by - 200), (bx + 180, by - 200), (bx + 180, by + 150), (bx - 250, by + 150)],
+    )
     ds = xembed.open_embeddings(site, YEARS, source=root, clip=False, chunks=8)
     assert ds.rio.crs.to_epsg() == 32722
     values = ds.embeddings.values
@@ -182,12 +184,12 @@ def test_years_outside_collection(root, years):
 
 def test_site_outside_footprint(root):
     far = shapely.box(-47.0, -21.0, -46.99, -20.99)
-    with pytest.raises(DataNotFoundError, match="no embedding files .* cover the site"):
+    with pytest.raises(DataNotFoundError, match=r"no embedding files .* cover the site"):
         xembed.open_embeddings(far, YEARS, source=root)
 
 
 def test_folder_without_index(tmp_path):
-    with pytest.raises(SourceError, match="no aef_index.parquet or aef_index.csv"):
+    with pytest.raises(SourceError, match=r"no aef_index\.parquet or aef_index\.csv"):
         xembed.open_embeddings(image_box(**SAME_ZONE), YEARS, source=tmp_path)
 
 
@@ -208,9 +210,11 @@ def test_unknown_source():
         xembed.open_embeddings(image_box(**SAME_ZONE), YEARS, source="landsat")
 
 
-def test_ee_source_not_yet():
-    with pytest.raises(NotImplementedError, match="source='cog'"):
-        xembed.open_embeddings(image_box(**SAME_ZONE), YEARS, source="ee")
+def test_ee_source_rejects_mirror_arguments():
+    with pytest.raises(ValueError, match="root= is for mirror sources"):
+        xembed.open_embeddings(image_box(**SAME_ZONE), YEARS, source="ee", root="/tmp")
+    with pytest.raises(ValueError, match="project= is only for source='ee'"):
+        xembed.open_embeddings(image_box(**SAME_ZONE), YEARS, source="sample", project="p")
 
 
 def test_bad_buffer_and_chunks(root):

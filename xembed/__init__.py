@@ -11,8 +11,28 @@ from importlib.metadata import PackageNotFoundError, version
 
 from xembed import accessor as _accessor  # noqa: F401  (registers .embed)
 from xembed.cube import open_embeddings
-from xembed.errors import DataNotFoundError, SchemaError, SiteError, SourceError, XembedError
-from xembed.ops import polygon_mean, to_frame
+from xembed.errors import (
+    DataNotFoundError,
+    EarthEngineError,
+    SchemaError,
+    SiteError,
+    SourceError,
+    XembedError,
+)
+from xembed.ops import (
+    change,
+    change_summary,
+    kmeans,
+    pairwise_similarity,
+    pca_rgb,
+    polygon_mean,
+    rgb,
+    search,
+    similarity,
+    similarity_matrix,
+    to_frame,
+    zonal_mean,
+)
 from xembed.schema import BANDS, dequantize, quantize
 from xembed.sites import Site, load_sites
 from xembed.sources.sample import demo_sites, sample_root
@@ -25,18 +45,29 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "BANDS",
     "DataNotFoundError",
+    "EarthEngineError",
     "SchemaError",
     "Site",
     "SiteError",
     "SourceError",
     "XembedError",
     "__version__",
+    "change",
+    "change_summary",
     "demo_sites",
     "dequantize",
+    "kmeans",
     "load_sites",
     "open_embeddings",
+    "pairwise_similarity",
+    "pca_rgb",
     "polygon_mean",
     "quantize",
+    "rgb",
     "sample_root",
+    "search",
+    "similarity",
+    "similarity_matrix",
     "to_frame",
+    "zonal_mean",
 ]

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import dask.array as da
-import rioxarray  # noqa: F401  (registers .rio, used to write the CRS)
 import numpy as np
+import rioxarray  # noqa: F401  (registers .rio, used to write the CRS)
 import xarray as xr
 from dask.base import tokenize
 
@@ -72,23 +72,22 @@ def _normalize_chunks(chunks: Mapping[str, int] | int | None) -> dict[str, int]:
     return merged
 
 
-def _resolve_source(source: str | os.PathLike[str], root: str | os.PathLike[str] | None) -> tuple[str, str]:
+def _resolve_source(
+    source: str | os.PathLike[str], root: str | os.PathLike[str] | None
+) -> tuple[str, str]:
     """(kind, root) for a ``source=`` argument."""
     from xembed.sources import cog, sample
 
     if isinstance(source, os.PathLike) or (
-        isinstance(source, str) and source not in SOURCES and (os.sep in source or os.path.isdir(source))
+        isinstance(source, str)
+        and source not in SOURCES
+        and (os.sep in source or os.path.isdir(source))
     ):
         return "cog", str(source)
     if source == "sample":
         return "sample", str(root or sample.sample_root())
     if source == "cog":
         return "cog", str(root or cog.DEFAULT_ROOT)
-    if source == "ee":
-        raise NotImplementedError(
-            "source='ee' (Earth Engine through Xee) is not available yet; use source='cog' "
-            "for the public mirror (no account needed) or source='sample' for the demo data"
-        )
     raise SourceError(
         f"unknown source {source!r}; expected one of {list(SOURCES)} or the path of a local "
         "mirror folder (one holding aef_index.parquet)"
@@ -158,6 +157,7 @@ def open_embeddings(
     *,
     source: str | os.PathLike[str] = "sample",
     root: str | os.PathLike[str] | None = None,
+    project: str | None = None,
     buffer: float = 0.0,
     clip: bool = True,
     chunks: Mapping[str, int] | int | None = None,
@@ -173,10 +173,14 @@ def open_embeddings(
     source : {"sample", "cog", "ee"} or path
         ``"sample"``: the bundled demo mirror (generated on first use);
         ``"cog"``: the public mirror (``root`` overrides the default
-        Source Cooperative bucket); a path: a local mirror folder.
+        Source Cooperative bucket); ``"ee"``: Earth Engine through Xee
+        (needs ``earthengine authenticate``); a path: a local mirror folder.
     root : str or path, optional
         Mirror location for ``source="cog"`` or ``"sample"``: a folder or an
         ``s3://``, ``gs://`` or ``https://`` prefix.
+    project : str, optional
+        Google Cloud project for ``source="ee"`` (else the one ``ee`` was
+        initialised with).
     buffer : float
         Metres of context around the site's bounds (e.g. 500 for the
         original notebook's views).
@@ -221,6 +225,19 @@ def open_embeddings(
     chunk_spec = _normalize_chunks(chunks)
     if buffer < 0:
         raise ValueError(f"buffer must be >= 0 metres, got {buffer!r}")
+    if source == "ee":
+        if root is not None:
+            raise ValueError(
+                "root= is for mirror sources; source='ee' reads Earth Engine's collection "
+                "(pass project= to choose the Cloud project)"
+            )
+        from xembed.sources.earthengine import open_embeddings_ee
+
+        return open_embeddings_ee(
+            site, years, project=project, buffer=buffer, clip=clip, chunks=chunks
+        )
+    if project is not None:
+        raise ValueError(f"project= is only for source='ee', not source={source!r}")
     kind, mirror = _resolve_source(source, root)
     available = cog.available_years(mirror)
     missing = [y for y in years if y not in available]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "DataNotFoundError",
+    "EarthEngineError",
     "SchemaError",
     "SiteError",
     "SourceError",
@@ -32,3 +33,7 @@ class SourceError(XembedError, ValueError):
 
 class DataNotFoundError(XembedError, LookupError):
     """The requested place or years are not covered by the source."""
+
+
+class EarthEngineError(XembedError, RuntimeError):
+    """Earth Engine could not be reached, set up, or could not compute a read."""

@@ -61,7 +61,7 @@ def dequantize(q: np.ndarray) -> np.ndarray:
     Examples
     --------
     >>> dequantize(np.array([-128, -127, 0, 64, 127], dtype=np.int8))
-    array([        nan, -0.9921569 ,  0.        ,  0.25197232,  0.9921569 ],
+    array([        nan, -0.99217224,  0.        ,  0.25196466,  0.99217224],
           dtype=float32)
     """
     q = np.asarray(q)

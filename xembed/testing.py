@@ -1,7 +1,9 @@
 """Test helpers for xembed and for users' own pipelines.
 
 - :func:`make_cube`: small in-memory cubes with planted, hand-checkable patterns;
-- :func:`raise_if_dask_computes`: a counting dask scheduler that proves laziness.
+- :func:`raise_if_dask_computes`: a counting dask scheduler that proves laziness;
+- :func:`fake_earthengine`: a local Earth Engine REST server over a mirror
+  folder, so Earth Engine pipelines run offline (see :mod:`xembed.fake_ee`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,25 @@ import pyproj
 import shapely
 import xarray as xr
 
-__all__ = ["CountingScheduler", "make_cube", "planted_vector", "raise_if_dask_computes"]
+from xembed.fake_ee import (
+    FakeEarthEngine,
+    FakeRequest,
+    all_requests_fail,
+    fake_earthengine,
+    first_requests_fail,
+)
+
+__all__ = [
+    "CountingScheduler",
+    "FakeEarthEngine",
+    "FakeRequest",
+    "all_requests_fail",
+    "fake_earthengine",
+    "first_requests_fail",
+    "make_cube",
+    "planted_vector",
+    "raise_if_dask_computes",
+]
 
 
 def planted_vector(seed: int = 0) -> np.ndarray:
@@ -103,7 +123,9 @@ def make_cube(
         attrs={"source": "synthetic"},
     )
     inside = ds["coverage"] > 0
-    ds["embeddings"] = ds["embeddings"].where(~inside, xr.DataArray(planted_vector(seed), dims="band"))
+    ds["embeddings"] = ds["embeddings"].where(
+        ~inside, xr.DataArray(planted_vector(seed), dims="band")
+    )
     if clip:
         ds["embeddings"] = ds["embeddings"].where(inside)
         ds.attrs["clipped"] = 1
