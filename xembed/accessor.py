@@ -27,10 +27,24 @@ def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
 @xr.register_dataset_accessor("embed")
 @xr.register_dataarray_accessor("embed")
 class EmbedAccessor:
-    """Embedding analyses on a cube: ``ds.embed.polygon_mean()`` etc."""
+    """Embedding analyses on a cube: ``ds.embed.similarity()`` etc.
+
+    Every method is a public function of :mod:`xembed.ops` taking the
+    object as its first argument.
+    """
 
     def __init__(self, obj: xr.Dataset | xr.DataArray) -> None:
         self._obj = obj  # nothing else: errors here become opaque in xarray
 
     polygon_mean = _wrap(ops.polygon_mean)
+    zonal_mean = _wrap(ops.zonal_mean)
     to_frame = _wrap(ops.to_frame)
+    similarity_matrix = _wrap(ops.similarity_matrix)
+    similarity = _wrap(ops.similarity)
+    pairwise_similarity = _wrap(ops.pairwise_similarity)
+    change = _wrap(ops.change)
+    change_summary = _wrap(ops.change_summary)
+    search = _wrap(ops.search)
+    rgb = _wrap(ops.rgb)
+    pca_rgb = _wrap(ops.pca_rgb)
+    kmeans = _wrap(ops.kmeans)
