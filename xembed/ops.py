@@ -113,10 +113,11 @@ def _year_position(emb: xr.DataArray, year: int, what: str) -> int:
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
     """Weighted quantile over the last axis, exactextract's definition.
 
-    Values are sorted; with weights ``w`` and their running sum ``S``, the
-    ``i``-th value (0-based) sits at ``s_i = i w_i + (n - 1) S_{i-1}`` on a
-    scale of ``S_n (n - 1)``, and the quantile interpolates linearly between
-    neighbours (for equal weights this is numpy's default "linear" quantile).
+    Equal values are pooled (their weights added), then sorted; with weights
+    ``w`` and their running sum ``S``, the ``i``-th distinct value (0-based)
+    sits at ``s_i = i w_i + (n - 1) S_{i-1}`` on a scale of ``S_n (n - 1)``,
+    and the quantile interpolates linearly between neighbours (for equal
+    weights and distinct values this is numpy's default "linear" quantile).
     NaN values and zero weights are left out; no values gives NaN.
 
     Examples
@@ -125,6 +126,8 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.n
     array(2.5)
     >>> weighted_quantile(np.array([[1.0, 2.0, np.nan]]), np.array([1.0, 3.0, 1.0]), 0.5)
     array([1.5])
+    >>> weighted_quantile(np.array([1.0, 1.0, 2.0]), np.ones(3), 0.5)  # 1 weighs 2
+    array(1.5)
     """
     values = np.asarray(values, dtype=np.float64)
     weights = np.broadcast_to(np.asarray(weights, dtype=np.float64), values.shape)
@@ -141,8 +144,14 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.n
         if n == 1:
             flat_out[i] = x[0]
             continue
-        order = np.argsort(x, kind="stable")
-        x, w = x[order], w[order]
+        # Equal values pool their weights first, as exactextract does (quantised
+        # data repeats values all the time).
+        x, inverse = np.unique(x, return_inverse=True)
+        w = np.bincount(inverse, weights=w)
+        n = x.size
+        if n == 1:
+            flat_out[i] = x[0]
+            continue
         cum = np.cumsum(w)
         s = np.arange(n) * w + (n - 1) * np.concatenate(([0.0], cum[:-1]))
         target = q * cum[-1] * (n - 1)
@@ -160,6 +169,8 @@ def _median_over_pixels(emb: xr.DataArray, weights: xr.DataArray) -> xr.DataArra
     w = weights.stack(pixel=("y", "x"))
     if stacked.chunks is not None:
         stacked = stacked.chunk({"pixel": -1})
+    if w.chunks is not None:
+        w = w.chunk({"pixel": -1})
     return xr.apply_ufunc(
         weighted_quantile,
         stacked,
@@ -289,7 +300,14 @@ def _site_list(sites: Any) -> list[Any]:
         return load_sites(sites)
     out = []
     for i, site in enumerate(sites):
-        out.append(as_site(site) if hasattr(site, "id") else as_site(site, id=i))
+        # Features carry their own ids (Feature "id" or rid/id/site_id properties);
+        # bare geometries are numbered by position.
+        props = site.get("properties") or {} if isinstance(site, Mapping) else {}
+        has_id = hasattr(site, "id") or (
+            isinstance(site, Mapping)
+            and (site.get("id") is not None or any(k in props for k in ("rid", "id", "site_id")))
+        )
+        out.append(as_site(site) if has_id else as_site(site, id=i))
     return out
 
 
@@ -335,7 +353,6 @@ def _site_weights(sites: Sequence[Any], grid: Any) -> tuple[np.ndarray, np.ndarr
         pix_idx.append(flat)
         weight.append(cov.reshape(-1)[flat].astype(np.float64))
     return np.concatenate(site_idx), np.concatenate(pix_idx), np.concatenate(weight)
-
 
 
 def _site_weights_windowed(
@@ -385,6 +402,7 @@ def _site_weights_windowed(
         return empty, empty, np.zeros(0)
     return np.concatenate(site_idx), np.concatenate(pix_idx), np.concatenate(weight)
 
+
 def _zonal_block(
     block: np.ndarray,
     sites: np.ndarray,
@@ -423,6 +441,7 @@ def _zonal_block(
     out[0, present] = sums.T.reshape(-1, n_years, n_bands)
     out[1, present] = wsum.T.reshape(-1, n_years, n_bands)
     return out
+
 
 def zonal_mean(
     cube: xr.Dataset | xr.DataArray, sites: Any, *, normalize: bool = False
@@ -531,6 +550,7 @@ def zonal_mean(
             sums += _zonal_block(
                 values, site_idx[s:e], rows_all[s:e], cols_all[s:e], weight[s:e], n_sites
             )
+
     def ratio(total: np.ndarray, weights: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):  # no weight: NaN, silently
             return total / weights
@@ -547,6 +567,7 @@ def zonal_mean(
         attrs={"long_name": "coverage-weighted mean embedding per site"},
     )
     return _unit(result) if normalize else result
+
 
 # --- cosine similarity --------------------------------------------------------
 
@@ -988,8 +1009,13 @@ def search(obj: xr.Dataset | xr.DataArray, query: Any, *, year: int | None = Non
     emb = _embeddings(obj)
     if year is not None:
         _year_position(emb, year, "year")
-    q = _unit(_query_vector(obj, emb, query, year).astype(np.float64)).astype(np.float32)
-    out = (_unit(emb) * q).sum("band", skipna=False).clip(-1.0, 1.0)
+    # float64 throughout, so a pixel equal to the query scores exactly 1 in float32.
+    q = _query_vector(obj, emb, query, year).astype(np.float64)
+    pixels = emb.astype(np.float64)
+    norm = np.sqrt((pixels**2).sum("band", skipna=False))
+    q_norm = np.sqrt((q**2).sum("band"))
+    dot = (pixels * q).sum("band", skipna=False)
+    out = (dot / (norm.where(norm > 0) * q_norm.where(q_norm > 0))).clip(-1.0, 1.0)
     out = out.astype(np.float32)
     out.name = "search"
     out.attrs = {"long_name": "cosine similarity with the query", "units": "1"}
@@ -999,15 +1025,25 @@ def search(obj: xr.Dataset | xr.DataArray, query: Any, *, year: int | None = Non
 # --- composites -----------------------------------------------------------------
 
 
+def _stretch_values(value: Any, name: str) -> np.ndarray:
+    """One finite value or three (red, green, blue), as float32."""
+    arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    if arr.ndim != 1 or arr.size not in (1, 3):
+        raise ValueError(f"{name} must be one value or three (red, green, blue), got {value!r}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return np.broadcast_to(arr, (3,)).astype(np.float32)
+
+
 def _to_uint8(channels: xr.DataArray, vmin: Any, vmax: Any) -> xr.DataArray:
     """Stretch (year, channel, y, x) to uint8 RGBA; NaN -> (0, 0, 0, 0)."""
-    lo = xr.DataArray(np.broadcast_to(np.asarray(vmin, np.float32), (3,)), dims="channel")
-    hi = xr.DataArray(np.broadcast_to(np.asarray(vmax, np.float32), (3,)), dims="channel")
+    lo = xr.DataArray(_stretch_values(vmin, "vmin"), dims="channel")
+    hi = xr.DataArray(_stretch_values(vmax, "vmax"), dims="channel")
     if bool((hi <= lo).any()):
         raise ValueError(f"vmax must exceed vmin, got vmin={vmin!r}, vmax={vmax!r}")
     scaled = ((channels - lo) / (hi - lo)).clip(0, 1) * 255
     valid = channels.notnull().all("channel")
-    rgb8 = scaled.round().fillna(0).astype(np.uint8)
+    rgb8 = scaled.round().where(valid, 0).astype(np.uint8)
     alpha = (valid * 255).astype(np.uint8).expand_dims(channel=1)
     out = xr.concat([rgb8, alpha], dim="channel")
     out = out.assign_coords(channel=["r", "g", "b", "a"]).transpose("year", "y", "x", "channel")
@@ -1199,7 +1235,10 @@ def pca_rgb(
     def apply(block: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
         scores = _pca_block(block, params)
         lo, hi = params["lo"][None, :, None, None], params["hi"][None, :, None, None]
-        return ((scores - lo) / (hi - lo)).astype(np.float32)
+        span = hi - lo
+        # A component without spread in the sample (a uniform site) maps to mid-grey.
+        scaled = np.where(span > 0, (scores - lo) / np.where(span > 0, span, 1.0), 0.5)
+        return np.where(np.isnan(scores), np.nan, scaled).astype(np.float32)
 
     scores, _ = _apply_fitted(emb, fit, apply, samples, 3, np.float32)
     channels = xr.DataArray(
