@@ -108,7 +108,7 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
         )
     if "embeddings" not in ds:
         raise SchemaError(
-            f"dataset has no 'embeddings' variable (variables: {sorted(ds.data_vars)}); "
+            f"dataset has no 'embeddings' variable (variables: {sorted(map(str, ds.data_vars))}); "
             "open one with xembed.open_embeddings(...)"
         )
     dims = ds["embeddings"].dims

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import os
 import urllib.parse
 import urllib.request
@@ -280,7 +279,9 @@ def _tile(href: str) -> Tile:
                     f"{len(BANDS)} int8 bands as in the embedding mirror"
                 )
             t = src.transform
-            return Tile(href, src.crs.to_string(), (t.a, t.b, t.c, t.d, t.e, t.f), src.width, src.height)
+            return Tile(
+                href, src.crs.to_string(), (t.a, t.b, t.c, t.d, t.e, t.f), src.width, src.height
+            )
     except rasterio.errors.RasterioIOError as err:
         raise SourceError(f"could not open {href!r}: {err}") from err
 
@@ -330,9 +331,8 @@ def plan_mosaic(
     if empty:
         index = read_index(root)  # what is really there (a local copy may be partial)
         covered = sorted(index["year"].unique().tolist())
-        where = (
-            f"lon {box.bounds[0]:.4f}..{box.bounds[2]:.4f}, lat {box.bounds[1]:.4f}..{box.bounds[3]:.4f}"
-        )
+        w, s, e, n = box.bounds
+        where = f"lon {w:.4f}..{e:.4f}, lat {s:.4f}..{n:.4f}"
         raise DataNotFoundError(
             f"no embedding files in {str(root)!r} cover the site ({where}) for years {empty}; "
             f"the source has years {covered} and a footprint of lon "

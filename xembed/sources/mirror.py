@@ -574,7 +574,7 @@ def _tiff_ifds(path: str | os.PathLike[str]) -> tuple[int, list[tuple[int, dict[
         offset = struct.unpack(order + ("Q" if big else "I"), head[8:16] if big else head[4:8])[0]
         count_fmt, entry_size, off_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
         inline = 8 if big else 4
-        ifds = []
+        ifds: list[tuple[int, dict[int, tuple[Any, ...]]]] = []
         while offset and len(ifds) < 1000:
             f.seek(offset)
             (n,) = struct.unpack(order + count_fmt, f.read(struct.calcsize(count_fmt)))
@@ -639,7 +639,7 @@ def cog_layout_problems(path: str | os.PathLike[str]) -> list[str]:
     if sizes != sorted(sizes, reverse=True) or len(set(sizes)) != len(sizes):
         problems.append(f"image sizes are not decreasing: {sizes}")
     last_ifd = max(off for off, _ in ifds)
-    starts = []
+    starts: list[int | None] = []
     for i, (_, tags) in enumerate(images):
         name = "full resolution" if i == 0 else f"overview {i}"
         offsets = [o for o in tags[_TAG_TILE_OFFSETS] if o]

@@ -648,7 +648,7 @@ class _World:
                 best[closer] = d[closer]
         return nearest
 
-    def class_vector(self, cls: int, year: int, offset: np.ndarray) -> np.ndarray:
+    def class_vector(self, cls: int, year: int, offset: np.ndarray | float) -> np.ndarray:
         i = self.years.index(year)
         return self.classes[cls] + offset + self.annual[cls][i]
 
