@@ -19,6 +19,7 @@ from xembed.errors import (
     SourceError,
     XembedError,
 )
+from xembed.export import open_cube, open_sites, to_datatree, write_sites_zarr
 from xembed.ops import (
     change,
     change_summary,
@@ -58,7 +59,9 @@ __all__ = [
     "dequantize",
     "kmeans",
     "load_sites",
+    "open_cube",
     "open_embeddings",
+    "open_sites",
     "pairwise_similarity",
     "pca_rgb",
     "polygon_mean",
@@ -68,6 +71,8 @@ __all__ = [
     "search",
     "similarity",
     "similarity_matrix",
+    "to_datatree",
     "to_frame",
+    "write_sites_zarr",
     "zonal_mean",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 
 import xarray as xr
 
-from xembed import ops
+from xembed import export, ops
 
 __all__ = ["EmbedAccessor"]
 
@@ -20,7 +20,9 @@ def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
     def method(self: EmbedAccessor, *args: Any, **kwargs: Any) -> Any:
         return func(self._obj, *args, **kwargs)
 
-    method.__doc__ = f"Accessor form of :func:`xembed.ops.{func.__name__}`.\n\n{func.__doc__}"
+    method.__doc__ = (
+        f"Accessor form of :func:`{func.__module__}.{func.__name__}`.\n\n{func.__doc__}"
+    )
     return method
 
 
@@ -48,3 +50,5 @@ class EmbedAccessor:
     rgb = _wrap(ops.rgb)
     pca_rgb = _wrap(ops.pca_rgb)
     kmeans = _wrap(ops.kmeans)
+    to_zarr = _wrap(export.to_zarr)
+    to_netcdf = _wrap(export.to_netcdf)

@@ -151,9 +151,39 @@ def build_cube(
     return ds.rio.write_transform(grid.transform)
 
 
+def _open_exported(
+    where: Any,
+    years: int | Iterable[int] | None,
+    *,
+    root: Any,
+    project: str | None,
+    buffer: float,
+    chunks: Mapping[str, int] | int | None,
+) -> xr.Dataset:
+    """A cube exported by xembed.export (Zarr store or NetCDF file), optionally some years."""
+    from xembed import export
+
+    if root is not None or project is not None or buffer:
+        raise ValueError(
+            f"{os.fspath(where)!r} is an exported cube: root=, project= and buffer= do not "
+            "apply; open it as it is, or open the site from a source to change them"
+        )
+    cube = export.open_cube(where, chunks=chunks)
+    if years is None:
+        return cube
+    wanted = _normalize_years(years)
+    held = [int(y) for y in cube["year"].values]
+    missing = [y for y in wanted if y not in held]
+    if missing:
+        raise ValueError(
+            f"years {missing} are not in the exported cube {os.fspath(where)!r}; it holds {held}"
+        )
+    return cube.sel(year=list(wanted))
+
+
 def open_embeddings(
     where: Site | Any,
-    years: int | Iterable[int],
+    years: int | Iterable[int] | None = None,
     *,
     source: str | os.PathLike[str] = "sample",
     root: str | os.PathLike[str] | None = None,
@@ -166,10 +196,12 @@ def open_embeddings(
 
     Parameters
     ----------
-    where : Site, shapely geometry or GeoJSON-like mapping
-        The site, in EPSG:4326 (lon/lat).
+    where : Site, shapely geometry, GeoJSON-like mapping or path
+        The site, in EPSG:4326 (lon/lat), or the path of a cube exported by
+        :mod:`xembed.export` (then ``years``, optional, picks some of its years).
     years : int or iterable of int
         Years to open (the collection starts in 2017), e.g. ``range(2018, 2025)``.
+        Required unless ``where`` is an exported cube.
     source : {"sample", "cog", "ee"} or path
         ``"sample"``: the bundled demo mirror (generated on first use);
         ``"cog"``: the public mirror (``root`` overrides the default
@@ -218,8 +250,18 @@ def open_embeddings(
     >>> ds.rio.crs.to_epsg()
     32722
     """
+    from xembed import export
     from xembed.sources import cog
 
+    if export.is_cube_store(where):
+        return _open_exported(
+            where, years, root=root, project=project, buffer=buffer, chunks=chunks
+        )
+    if years is None:
+        raise ValueError(
+            "years is required (e.g. range(2018, 2025)) unless `where` is the path of an "
+            "exported cube (a Zarr store or NetCDF file written by xembed.export)"
+        )
     site = as_site(where)
     years = _normalize_years(years)
     chunk_spec = _normalize_chunks(chunks)
