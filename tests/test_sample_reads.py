@@ -103,3 +103,12 @@ def test_polygon_mean_equals_exactextract(references, tmp_path):
         result = exactextract.exact_extract(str(path), frame, "mean", output="pandas")
         expected = result.filter(like="_mean").to_numpy()[0].reshape(len(YEARS), 64)
         np.testing.assert_allclose(mean, expected, atol=1e-5, rtol=0, err_msg=f"site {site_id}")
+
+
+def test_no_seam_along_the_zone_boundary(references):
+    """The cross-zone site has data in every pixel the polygon touches, every year."""
+    for site_id, (site, ds, reference) in references.items():
+        if not site.geometry.bounds[0] < -48.0 < site.geometry.bounds[2]:
+            continue
+        inside = ds.coverage.values > 0
+        assert not np.isnan(reference[:, :, inside]).any(), f"site {site_id} has a seam"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from xembed import accessor as _accessor  # noqa: F401  (registers .embed)
+from xembed import render
 from xembed.cube import open_embeddings
 from xembed.errors import (
     DataNotFoundError,
@@ -66,6 +67,7 @@ __all__ = [
     "pca_rgb",
     "polygon_mean",
     "quantize",
+    "render",
     "rgb",
     "sample_root",
     "search",

@@ -9,6 +9,7 @@ from typing import Any
 import xarray as xr
 
 from xembed import export, ops
+from xembed import render as _render
 
 __all__ = ["EmbedAccessor"]
 
@@ -52,3 +53,6 @@ class EmbedAccessor:
     kmeans = _wrap(ops.kmeans)
     to_zarr = _wrap(export.to_zarr)
     to_netcdf = _wrap(export.to_netcdf)
+    render = _wrap(_render.render)
+    frames = _wrap(_render.frames)
+    plot = _wrap(_render.plot)

@@ -216,7 +216,7 @@ def _render_site(site: Any, args: argparse.Namespace, out: Path) -> list[Path]:
         image = cube.embed.rgb(bands)
         what = "/".join(bands)
     frames = render.frames(
-        image, boundary=site, dimensions=args.dimensions, labels=lambda y: f"{site.id} {y} {what}"
+        image, boundary=site, dimensions=args.dimensions, label=lambda y: f"{site.id} {y} {what}"
     )
     written = []
     years = [int(y) for y in cube["year"].values]
@@ -267,19 +267,28 @@ def _demo(args: argparse.Namespace) -> int:
     years = list(SAMPLE_YEARS)
     args.years = f"{years[0]}-{years[-1]}"
     args.source, args.root, args.project = "sample", str(root), None
+    args.raw = False
     written: list[Path] = []
 
-    tables = []
-    for _site, cube in _each_site(args, sites, lambda s: _open(s, args), "means"):
-        tables.append(cube.embed.to_frame())
+    # Each site is read once: cubes are small, so keep them in memory for the
+    # means, the matrices and the Zarr store.
+    cubes, tables = {}, []
+    (out / "similarity").mkdir(exist_ok=True)
+    for site, cube in _each_site(args, sites, lambda s: _open(s, args).persist(), "sites"):
+        cubes[str(site.id)] = cube
+        mean = cube.embed.polygon_mean().compute()
+        tables.append(xembed.to_frame(mean))
+        matrix = xembed.similarity_matrix(mean).to_pandas()
+        matrix.index.name = "year"
+        path = out / "similarity" / f"similarity_{site.id}.csv"
+        matrix.to_csv(path)
+        written.append(path)
     means = pd.concat(tables, ignore_index=True)
     _atomic_table(means, out / "means.csv")
-    written.append(out / "means.csv")
-
-    written += _similarity_tables(args, out / "similarity", sites)
+    written.insert(0, out / "means.csv")
 
     showcase = next((s for s in sites if s.id == 3110), sites[0])
-    context = xembed.open_embeddings(showcase, years, root=root, buffer=500, clip=False)
+    context = xembed.open_embeddings(showcase, years, root=root, buffer=500, clip=False).persist()
     frames = render.frames(context.embed.rgb(), boundary=showcase, dimensions=400)
     render.save_strip(frames, out / f"site_{showcase.id}_strip.png")
     render.save_gif(frames, out / f"site_{showcase.id}.gif", duration_ms=700)
@@ -295,10 +304,6 @@ def _demo(args: argparse.Namespace) -> int:
     written.append(out / f"site_{showcase.id}_similarity.png")
 
     cube_path = out / "demo_sites.zarr"
-    cubes = {
-        str(site.id): cube
-        for site, cube in _each_site(args, sites, lambda s: _open(s, args), "zarr")
-    }
     export.write_sites_zarr(cubes, cube_path, mode="w")
     written.append(cube_path)
 

@@ -256,13 +256,23 @@ def polygon_mean(
         "reducer": reducer,
         "normalized": int(normalize),
     }
+    if "site_id" in obj.attrs:
+        result.attrs["site_id"] = obj.attrs["site_id"]
     return result
+
+
+def _is_means(obj: xr.Dataset | xr.DataArray) -> bool:
+    """Yearly statistics already reduced over space: ``(year, band)``."""
+    return isinstance(obj, xr.DataArray) and set(obj.dims) == {"year", "band"}
 
 
 def to_frame(obj: xr.Dataset | xr.DataArray, *, reducer: Reducer = "mean") -> pd.DataFrame:
     """The original notebook's table: ``site_id, year, A00..A63``, one row per year.
 
-    Computes the polygon statistic (its job is to return numbers).
+    Computes the polygon statistic (its job is to return numbers). ``obj``
+    may also be yearly statistics already reduced, ``(year, band)`` from
+    :func:`polygon_mean`, so one computation feeds the table and
+    :func:`similarity_matrix`.
 
     Examples
     --------
@@ -271,7 +281,7 @@ def to_frame(obj: xr.Dataset | xr.DataArray, *, reducer: Reducer = "mean") -> pd
     >>> df.shape, list(df.columns[:3])
     ((2, 66), ['site_id', 'year', 'A00'])
     """
-    stat = polygon_mean(obj, reducer=reducer).compute()
+    stat = (obj if _is_means(obj) else polygon_mean(obj, reducer=reducer)).compute()
     table = pd.DataFrame(
         stat.to_numpy().astype("float64"), columns=[str(b) for b in stat["band"].values]
     )
@@ -366,15 +376,27 @@ def _site_weights_windowed(
     site order.
     """
     import pyproj
+    import shapely
 
-    from xembed.grid import Grid, coverage_fraction, project
+    from xembed.grid import Grid, _transformer, coverage_fraction, project
 
     src = pyproj.CRS.from_epsg(4326)
     dst = pyproj.CRS.from_user_input(grid.crs)
     res = grid.res
+    # All sites projected in one call (one transformer), as project() would.
+    geometries = np.array([site.geometry for site in sites], dtype=object)
+    if src == dst:
+        projected = shapely.force_2d(geometries)
+    else:
+        transformer = _transformer(src, dst)
+        projected = shapely.transform(
+            geometries, lambda x, y: transformer.transform(x, y), interleaved=False
+        )
+        if not np.isfinite(shapely.get_coordinates(projected)).all():
+            for site in sites:  # the per-site check raises project()'s SiteError
+                project(site.geometry, src, dst)
     site_idx, pix_idx, weight = [], [], []
-    for i, site in enumerate(sites):
-        geometry = project(site.geometry, src, dst)
+    for i, geometry in enumerate(projected):
         if geometry.is_empty:
             continue
         minx, miny, maxx, maxy = geometry.bounds
@@ -601,7 +623,7 @@ def similarity_matrix(obj: xr.Dataset | xr.DataArray, *, normalize: bool = True)
     >>> sim.dims, np.diag(sim.values).tolist()
     (('year', 'year_2'), [1.0, 1.0, 1.0])
     """
-    if isinstance(obj, xr.DataArray) and set(obj.dims) == {"year", "band"}:
+    if _is_means(obj):
         means = obj.transpose("year", "band")
     else:
         means = polygon_mean(obj)
@@ -633,15 +655,15 @@ def _cosine_block(block: np.ndarray, mode: str, ref: int = 0) -> np.ndarray:
     band-contraction per pair of years (the practical numpy limit).
     """
     # Tiles of whole rows (about _TILE pixels) are copied into one reused
-    # contiguous float32 buffer: einsum is slow on strided 4-D views, and the
-    # copy reads the chunk from memory exactly once. Each tile's Gram matrix
-    # of the raw vectors (sum over bands) is one einsum per year against all
-    # later years (36 dot products for 8 years, the minimum), and cosines are
-    # G_ij / sqrt(G_ii G_jj): the diagonal gives the norms for free, with no
-    # normalised copy of the tile. einsum, copyto and the ufuncs release the
-    # GIL, so dask's threads run tiles of different chunks in parallel. The
-    # sum over bands runs in the same order whatever the tiling, so a pixel
-    # gets the same value from any chunking (dask == numpy, bit for bit).
+    # contiguous float32 buffer (einsum is slow on strided 4-D views, and the
+    # copy reads the chunk from memory once) and normalised in place; then one
+    # einsum per year against all later years (28 for 8 years, "previous":
+    # one for all 7 pairs). Normalising first, rather than dividing a Gram
+    # matrix of raw vectors, keeps results invariant to scaling to the last
+    # bits. einsum, copyto and the ufuncs release the GIL, so dask's threads
+    # work on different chunks at once. The sums over bands run in the same
+    # order whatever the tiling, so a pixel gets the same value from any
+    # chunking (dask == numpy, bit for bit).
     n_years, n_bands, h, w = block.shape
     pairwise = mode == "pairwise"
     out = np.empty((n_years, n_years, h, w) if pairwise else (n_years, h, w), np.float32)
@@ -651,7 +673,8 @@ def _cosine_block(block: np.ndarray, mode: str, ref: int = 0) -> np.ndarray:
     rows = max(1, min(h, _TILE // cols))
     n_pix = rows * cols
     tile_buf = np.empty(n_years * n_bands * n_pix, np.float32)
-    gram_buf = np.empty((n_years * n_years if pairwise else 2 * n_years) * n_pix, np.float32)
+    norm_buf = np.empty(n_years * n_pix, np.float32)
+    dot_buf = np.empty(n_years * n_pix, np.float32)
     one, nan = np.float32(1.0), np.float32(np.nan)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         for r0 in range(0, h, rows):
@@ -660,53 +683,58 @@ def _cosine_block(block: np.ndarray, mode: str, ref: int = 0) -> np.ndarray:
                 c1 = min(c0 + cols, w)
                 r, c = r1 - r0, c1 - c0
                 t = r * c
-                tile = tile_buf[: n_years * n_bands * t].reshape(n_years, n_bands, r, c)
-                np.copyto(tile, block[:, :, r0:r1, c0:c1], casting="unsafe")
-                tile = tile.reshape(n_years, n_bands, t)
                 win = (slice(r0, r1), slice(c0, c1))
+                tile = tile_buf[: n_years * n_bands * t].reshape(n_years, n_bands, t)
+                np.copyto(
+                    tile.reshape(n_years, n_bands, r, c),
+                    block[:, :, r0:r1, c0:c1],
+                    casting="unsafe",
+                )
+                norm = norm_buf[: n_years * t].reshape(n_years, t)
+                np.einsum("ybt,ybt->yt", tile, tile, out=norm)
+                np.sqrt(norm, out=norm)
+                norm[norm == 0] = nan  # a zero vector has no direction
+                tile /= norm[:, None, :]
+                valid = np.where(np.isnan(norm), nan, one)
+                dot = dot_buf[: n_years * t].reshape(n_years, t)
                 if pairwise:
-                    gram = gram_buf[: n_years * n_years * t].reshape(n_years, n_years, t)
                     for i in range(n_years):
-                        np.einsum("ybt,bt->yt", tile[i:], tile[i], out=gram[i, i:])
-                    squared = gram.reshape(n_years * n_years, t)[:: n_years + 1]  # diagonal view
-                    # Diagonal: 1 where the vector has a length (NaN or zero -> NaN).
-                    valid = np.where(squared > 0, one, nan)
-                    inv = np.sqrt(squared)
-                    np.divide(one, inv, out=inv)  # zero vector -> inf -> NaN cosines
-                    for i in range(n_years):
-                        row = gram[i, i + 1 :]
-                        row *= inv[i]
-                        row *= inv[i + 1 :]
+                        out[(i, i, *win)] = valid[i].reshape(r, c)
+                        if i + 1 == n_years:
+                            continue
+                        row = dot[: n_years - i - 1]
+                        np.einsum("ybt,bt->yt", tile[i + 1 :], tile[i], out=row)
                         np.clip(row, -1.0, 1.0, out=row)
                         row = row.reshape(n_years - i - 1, r, c)
-                        out[(i, i, *win)] = valid[i].reshape(r, c)
-                        out[(slice(i + 1, None), i, *win)] = row
                         out[(i, slice(i + 1, None), *win)] = row
+                        out[(slice(i + 1, None), i, *win)] = row
+                    continue
+                if mode == "previous":
+                    dot[0] = nan
+                    np.einsum("ybt,ybt->yt", tile[1:], tile[:-1], out=dot[1:])
                 else:
-                    squared = gram_buf[: n_years * t].reshape(n_years, t)
-                    np.einsum("ybt,ybt->yt", tile, tile, out=squared)
-                    inv = np.sqrt(squared)
-                    np.divide(one, inv, out=inv)
-                    dot = gram_buf[n_years * t : 2 * n_years * t].reshape(n_years, t)
-                    if mode == "previous":
-                        dot[0] = nan
-                        np.einsum("ybt,ybt->yt", tile[1:], tile[:-1], out=dot[1:])
-                        dot[1:] *= inv[1:]
-                        dot[1:] *= inv[:-1]
-                    else:
-                        np.einsum("ybt,bt->yt", tile, tile[ref], out=dot)
-                        dot *= inv
-                        dot *= inv[ref]
-                        dot[ref] = np.where(squared[ref] > 0, one, nan)
-                    np.clip(dot, -1.0, 1.0, out=dot)
-                    out[(slice(None), *win)] = dot.reshape(n_years, r, c)
+                    np.einsum("ybt,bt->yt", tile, tile[ref], out=dot)
+                np.clip(dot, -1.0, 1.0, out=dot)
+                if mode != "previous":
+                    dot[ref] = valid[ref]
+                out[(slice(None), *win)] = dot.reshape(n_years, r, c)
     return out
 
 
 def _apply_cosine(emb: xr.DataArray, mode: str, ref: int = 0) -> Any:
     data = emb.data
     if isinstance(data, da.Array):
-        data = data.rechunk({0: -1, 1: -1})
+        if len(data.chunks[0]) > 1 or len(data.chunks[1]) > 1:
+            # Merging years and bands multiplies the chunk size (8 years of
+            # (1, 64, 512, 512) chunks would give 512 MiB chunks): if the merged
+            # chunk outgrows dask's array.chunk-size, split space in the same,
+            # single rechunk so that memory stays bounded by that size.
+            merged = data.shape[0] * data.shape[1] * max(data.chunks[2]) * max(data.chunks[3]) * 4
+            limit = dask.utils.parse_bytes(dask.config.get("array.chunk-size"))
+            target: dict[int, Any] = {0: -1, 1: -1}
+            if merged > limit:
+                target.update({2: "auto", 3: "auto"})
+            data = data.rechunk(target, block_size_limit=limit)
         n_years = data.shape[0]
         if mode == "pairwise":
             return data.map_blocks(
@@ -717,14 +745,21 @@ def _apply_cosine(emb: xr.DataArray, mode: str, ref: int = 0) -> Any:
                 dtype=np.float32,
                 meta=np.empty((0, 0, 0, 0), np.float32),
             )
+
+        # Not drop_axis=1: with it dask hands the function a concatenated *copy*
+        # of each block (a whole chunk copied, and doubled in memory); a length-1
+        # band axis, dropped by indexing afterwards, passes the block as it is.
+        def keep_axis(block: np.ndarray, mode: str, ref: int) -> np.ndarray:
+            return _cosine_block(block, mode, ref)[:, None]
+
         return data.map_blocks(
-            _cosine_block,
+            keep_axis,
             mode,
             ref,
-            drop_axis=1,
+            chunks=(data.chunks[0], (1,), data.chunks[2], data.chunks[3]),
             dtype=np.float32,
-            meta=np.empty((0, 0, 0), np.float32),
-        )
+            meta=np.empty((0, 0, 0, 0), np.float32),
+        )[:, 0]
     return _cosine_block(np.asarray(data), mode, ref)
 
 

@@ -109,6 +109,21 @@ class Site:
     def __hash__(self) -> int:
         return hash((self.id, self.start_year, self.geometry))
 
+    def extract_continuous(
+        self,
+        collection: str,
+        start_date: Any,
+        end_date: Any,
+        reducer: str = "mean",
+        frequency: str = "yearly",
+    ) -> Any:
+        """The original notebook's call; see :func:`xembed.compat.extract_continuous`."""
+        from xembed.compat import extract_continuous
+
+        return extract_continuous(
+            self, collection, start_date, end_date, reducer=reducer, frequency=frequency
+        )
+
     @property
     def __geo_interface__(self) -> dict[str, Any]:
         """The site as a GeoJSON Feature (``as_site`` turns it back into an equal Site).

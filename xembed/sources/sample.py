@@ -13,8 +13,9 @@ boundary between UTM zones 22S and 23S (longitude -48°) crosses latitude
 stacked north-south (the 23S pair 1.28 km further north), each split into
 2 x 2 files of 160 x 160 px with 128 px internal tiles (:func:`sample_images`).
 The 22S images reach about 1.4 km east across -48° and the 23S images as
-far west, but, as in the real zone-clipped data, every file holds data only
-on its own zone's side (the rest is -128): about 1.8 km of data per zone,
+far west, but, as in zone-clipped data, every file holds data only on its
+own zone's side, plus ~30 m of overlap so the mosaic has no seam along the
+boundary (the rest is -128): about 1.8 km of data per zone,
 6.4 km north-south. Years 2017-2024 for every file.
 
 The embeddings are a deterministic function of position (a local metric
@@ -91,6 +92,8 @@ RES = 10.0
 #: Centre of the local metric frame (an azimuthal equidistant projection):
 #: the zone boundary at -48° where it crosses -22.6°.
 LON0, LAT0 = -48.0, -22.6
+#: Data reaches this far (degrees, ~30 m here) past the zone boundary.
+_ZONE_OVERLAP_DEG = 0.0003
 _LOCAL = f"+proj=aeqd +lat_0={LAT0} +lon_0={LON0} +datum=WGS84 +units=m +no_defs"
 _SITES_CRS = "EPSG:5880"  # SIRGAS 2000 / Brazil Polyconic, as restoration-site files use
 
@@ -724,7 +727,10 @@ class _ImageField:
         )
         x, y = pyproj.Transformer.from_crs(image.crs, _LOCAL, always_xy=True).transform(ux, uy)
         lon_w, lon_e = mirror.zone_longitudes(image.zone)
-        self.valid = (lon >= lon_w) & (lon < lon_e)  # zone-clipped, as in the real data
+        # Zone-clipped with a few pixels of overlap: without it, nearest-neighbour
+        # mosaicking of two clipped lattices leaves a seam of empty pixels along
+        # the boundary (index footprints stay clipped exactly, as upstream).
+        self.valid = (lon >= lon_w - _ZONE_OVERLAP_DEG) & (lon < lon_e + _ZONE_OVERLAP_DEG)
         w = world.warp
         wx = x + 60 * np.sin(y / 170 + w[0]) + 35 * np.sin((x + y) / 90 + w[1])
         wy = y + 60 * np.sin(x / 190 + w[2]) + 35 * np.sin((x - y) / 110 + w[3])
