@@ -101,6 +101,8 @@ def _each_site(
     for site in tqdm(sites, desc=desc, unit="site", disable=args.quiet, file=sys.stderr):
         try:
             yield site, work(site)
+        except UsageError:
+            raise
         except (xembed.SourceError, NotImplementedError) as err:
             raise UsageError(str(err)) from err
         except ValueError as err:
@@ -439,6 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     2
     """
     args = _parser().parse_args(argv)
+    try:
+        if getattr(args, "years", None) is not None:
+            parse_years(args.years)  # bad years are a usage error before any work
+    except UsageError as err:
+        print(f"xembed {args.command}: {err}", file=sys.stderr)
+        return 2
     if args.command == "render":
         args.bands_given = args.bands is not None
         args.bands = args.bands or "A01,A16,A09"
