@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["main", "parse_years"]
 
@@ -194,7 +194,7 @@ def _cube(args: argparse.Namespace) -> int:
             args, sites, lambda s: _open(s, args, buffer=args.buffer, clip=not args.no_clip), "open"
         )
     }
-    mode = "w" if args.overwrite else "w-"
+    mode: Literal["w", "w-"] = "w" if args.overwrite else "w-"
     try:
         if len(cubes) == 1:
             export.to_zarr(next(iter(cubes.values())), out, quantize=args.int8, mode=mode)

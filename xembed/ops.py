@@ -58,7 +58,7 @@ def _embeddings(obj: xr.Dataset | xr.DataArray) -> xr.DataArray:
     if isinstance(obj, xr.Dataset):
         if "embeddings" not in obj:
             raise SchemaError(
-                f"dataset has no 'embeddings' variable (variables: {sorted(obj.data_vars)}); "
+                f"dataset has no 'embeddings' variable (variables: {sorted(map(str, obj.data_vars))}); "
                 "open a cube with xembed.open_embeddings(...)"
             )
         emb = obj["embeddings"]
@@ -89,7 +89,7 @@ def _weights(obj: xr.Dataset | xr.DataArray, emb: xr.DataArray) -> xr.DataArray:
 
 def _unit(vectors: xr.DataArray, dim: str = "band") -> xr.DataArray:
     """Vectors divided by their L2 norm along ``dim`` (zero vectors -> NaN)."""
-    norm = np.sqrt((vectors**2).sum(dim, skipna=False))
+    norm = (vectors**2).sum(dim, skipna=False) ** 0.5
     return vectors / norm.where(norm > 0)
 
 
@@ -623,7 +623,7 @@ def similarity_matrix(obj: xr.Dataset | xr.DataArray, *, normalize: bool = True)
     >>> sim.dims, np.diag(sim.values).tolist()
     (('year', 'year_2'), [1.0, 1.0, 1.0])
     """
-    if _is_means(obj):
+    if isinstance(obj, xr.DataArray) and _is_means(obj):
         means = obj.transpose("year", "band")
     else:
         means = polygon_mean(obj)
@@ -654,28 +654,50 @@ def _cosine_block(block: np.ndarray, mode: str, ref: int = 0) -> np.ndarray:
     Tiles of pixels are made contiguous and normalised once, then one
     band-contraction per pair of years (the practical numpy limit).
     """
-    # Tiles of whole rows (about _TILE pixels) are copied into one reused
-    # contiguous float32 buffer (einsum is slow on strided 4-D views, and the
-    # copy reads the chunk from memory once) and normalised in place; then one
-    # einsum per year against all later years (28 for 8 years, "previous":
-    # one for all 7 pairs). Normalising first, rather than dividing a Gram
-    # matrix of raw vectors, keeps results invariant to scaling to the last
-    # bits. einsum, copyto and the ufuncs release the GIL, so dask's threads
-    # work on different chunks at once. The sums over bands run in the same
-    # order whatever the tiling, so a pixel gets the same value from any
-    # chunking (dask == numpy, bit for bit).
+    # Speed: tiles of whole rows (about _TILE pixels) are copied into one
+    # reused contiguous float32 buffer (einsum is slow on strided 4-D views;
+    # the copy reads the chunk from memory once), and one einsum per year
+    # against itself and all later years gives the tile's Gram matrix: 36
+    # band contractions for 8 years, the minimum; "previous" needs 15.
+    # einsum, copyto and the ufuncs release the GIL, so dask's threads work
+    # on different chunks at once.
+    # Accuracy: the sums over bands are float32 in groups of 8 bands, and the
+    # groups are added pairwise, which bounds the rounding error to a few
+    # float32 ulps (a plain sum over 64 bands accumulates up to ~32 ulps).
+    # The cosine G_ij / sqrt(G_ii) / sqrt(G_jj) is taken in float64 and then
+    # rounded to float32, so identical vectors give exactly 1, and scaling a
+    # vector changes nothing beyond rounding.
+    # The order of operations per pixel does not depend on the tiling: dask
+    # and numpy give the same bits.
     n_years, n_bands, h, w = block.shape
     pairwise = mode == "pairwise"
     out = np.empty((n_years, n_years, h, w) if pairwise else (n_years, h, w), np.float32)
     if out.size == 0:
         return out
+    groups = n_bands // 8 if n_bands % 8 == 0 else 1
     cols = min(w, _TILE)
     rows = max(1, min(h, _TILE // cols))
     n_pix = rows * cols
     tile_buf = np.empty(n_years * n_bands * n_pix, np.float32)
-    norm_buf = np.empty(n_years * n_pix, np.float32)
-    dot_buf = np.empty(n_years * n_pix, np.float32)
-    one, nan = np.float32(1.0), np.float32(np.nan)
+    part_buf = np.empty(n_years * groups * n_pix, np.float32)
+    gram_buf = np.empty((n_years * n_years if pairwise else 2 * n_years) * n_pix, np.float32)
+
+    def contract(spec: str, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        """out = sum over bands of a * b: groups of bands, then the groups pairwise."""
+        parts = part_buf[: out.shape[0] * groups * out.shape[1]].reshape(
+            out.shape[0], groups, out.shape[1]
+        )
+        np.einsum(spec, a, b, out=parts)
+        n = groups
+        while n > 2:
+            half = n // 2
+            np.add(parts[:, :half], parts[:, n - half : n], out=parts[:, :half])
+            n -= half
+        if n == 2:
+            np.add(parts[:, 0], parts[:, 1], out=out)
+        else:
+            out[...] = parts[:, 0]
+
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         for r0 in range(0, h, rows):
             r1 = min(r0 + rows, h)
@@ -690,34 +712,42 @@ def _cosine_block(block: np.ndarray, mode: str, ref: int = 0) -> np.ndarray:
                     block[:, :, r0:r1, c0:c1],
                     casting="unsafe",
                 )
-                norm = norm_buf[: n_years * t].reshape(n_years, t)
-                np.einsum("ybt,ybt->yt", tile, tile, out=norm)
-                np.sqrt(norm, out=norm)
-                norm[norm == 0] = nan  # a zero vector has no direction
-                tile /= norm[:, None, :]
-                valid = np.where(np.isnan(norm), nan, one)
-                dot = dot_buf[: n_years * t].reshape(n_years, t)
+                tile = tile.reshape(n_years, groups, n_bands // groups, t)
                 if pairwise:
+                    gram = gram_buf[: n_years * n_years * t].reshape(n_years, n_years, t)
                     for i in range(n_years):
-                        out[(i, i, *win)] = valid[i].reshape(r, c)
+                        contract("ygkt,gkt->ygt", tile[i:], tile[i], gram[i, i:])
+                    squared = gram.reshape(n_years * n_years, t)[:: n_years + 1]  # G_ii
+                    inv = 1.0 / np.sqrt(squared.astype(np.float64))  # zero -> inf -> NaN
+                    for i in range(n_years):
+                        # 1 where the vector has a length; NaN or zero vectors -> NaN.
+                        out[(i, i, *win)] = np.where(squared[i] > 0, 1.0, np.nan).reshape(r, c)
                         if i + 1 == n_years:
                             continue
-                        row = dot[: n_years - i - 1]
-                        np.einsum("ybt,bt->yt", tile[i + 1 :], tile[i], out=row)
-                        np.clip(row, -1.0, 1.0, out=row)
-                        row = row.reshape(n_years - i - 1, r, c)
+                        cos = gram[i, i + 1 :] * inv[i]
+                        cos *= inv[i + 1 :]
+                        np.clip(cos, -1.0, 1.0, out=cos)
+                        row = cos.reshape(n_years - i - 1, r, c)
                         out[(i, slice(i + 1, None), *win)] = row
                         out[(slice(i + 1, None), i, *win)] = row
                     continue
+                squared = gram_buf[: n_years * t].reshape(n_years, t)
+                contract("ygkt,ygkt->ygt", tile, tile, squared)
+                inv = 1.0 / np.sqrt(squared.astype(np.float64))
+                dot = gram_buf[n_years * t : 2 * n_years * t].reshape(n_years, t)
                 if mode == "previous":
-                    dot[0] = nan
-                    np.einsum("ybt,ybt->yt", tile[1:], tile[:-1], out=dot[1:])
+                    contract("ygkt,ygkt->ygt", tile[1:], tile[:-1], dot[1:])
+                    cos = np.empty((n_years, t))
+                    cos[0] = np.nan
+                    np.multiply(dot[1:], inv[1:], out=cos[1:])
+                    cos[1:] *= inv[:-1]
                 else:
-                    np.einsum("ybt,bt->yt", tile, tile[ref], out=dot)
-                np.clip(dot, -1.0, 1.0, out=dot)
-                if mode != "previous":
-                    dot[ref] = valid[ref]
-                out[(slice(None), *win)] = dot.reshape(n_years, r, c)
+                    contract("ygkt,gkt->ygt", tile, tile[ref], dot)
+                    cos = dot * inv
+                    cos *= inv[ref]
+                    cos[ref] = np.where(squared[ref] > 0, 1.0, np.nan)
+                np.clip(cos, -1.0, 1.0, out=cos)
+                out[(slice(None), *win)] = cos.reshape(n_years, r, c)
     return out
 
 
@@ -765,7 +795,7 @@ def _apply_cosine(emb: xr.DataArray, mode: str, ref: int = 0) -> Any:
 
 def _spatial_coords(emb: xr.DataArray) -> dict[str, Any]:
     """Coordinates of a per-pixel result: y, x and any 2-D ones (coverage, spatial_ref)."""
-    return {name: coord for name, coord in emb.coords.items() if set(coord.dims) <= {"y", "x"}}
+    return {str(k): c for k, c in emb.coords.items() if set(c.dims) <= {"y", "x"}}
 
 
 def similarity(
@@ -1047,8 +1077,8 @@ def search(obj: xr.Dataset | xr.DataArray, query: Any, *, year: int | None = Non
     # float64 throughout, so a pixel equal to the query scores exactly 1 in float32.
     q = _query_vector(obj, emb, query, year).astype(np.float64)
     pixels = emb.astype(np.float64)
-    norm = np.sqrt((pixels**2).sum("band", skipna=False))
-    q_norm = np.sqrt((q**2).sum("band"))
+    norm = (pixels**2).sum("band", skipna=False) ** 0.5
+    q_norm = (q**2).sum("band") ** 0.5
     dot = (pixels * q).sum("band", skipna=False)
     out = (dot / (norm.where(norm > 0) * q_norm.where(q_norm > 0))).clip(-1.0, 1.0)
     out = out.astype(np.float32)
@@ -1178,8 +1208,8 @@ def _pca_block(block: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
 
 def _apply_fitted(
     emb: xr.DataArray,
-    fit: Callable[[np.ndarray], dict[str, np.ndarray]],
-    apply: Callable[[np.ndarray, dict[str, np.ndarray]], np.ndarray],
+    fit: Callable[[np.ndarray], Any],
+    apply: Callable[[np.ndarray, Any], np.ndarray],
     samples: Any,
     out_axis_size: int | None,
     dtype: Any,
