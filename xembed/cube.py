@@ -9,10 +9,11 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import rioxarray  # noqa: F401  (registers .rio, used to write the CRS)
+import shapely
 import xarray as xr
 from dask.base import tokenize
 
-from xembed.errors import SourceError
+from xembed.errors import DataNotFoundError, SiteError, SourceError
 from xembed.grid import Grid, coverage_fraction, target_grid, utm_zone_name
 from xembed.schema import (
     ATTRIBUTION,
@@ -51,7 +52,8 @@ def _normalize_years(years: int | Iterable[int]) -> tuple[int, ...]:
     if bad:
         raise ValueError(
             f"years {bad} are outside the collection, which starts in {FIRST_YEAR} and "
-            f"cannot go past {last_possible_year()}"
+            f"cannot go past {last_possible_year()}; pass years from {FIRST_YEAR} on, e.g. "
+            f"range({FIRST_YEAR}, {last_possible_year()})"
         )
     return out
 
@@ -94,6 +96,44 @@ def _resolve_source(
     )
 
 
+def _site_grid(site: Site, *, buffer: float = 0.0) -> tuple[Grid, Any]:
+    """:func:`xembed.grid.target_grid` of a site, its errors prefixed with the site's id."""
+    try:
+        return target_grid(site.geometry, buffer=buffer)
+    except SiteError as err:
+        raise SiteError(f"site {site.id!r}: {err}") from err
+
+
+def _footprint_hint(site: Site, mirror: str) -> str | None:
+    """Why a site outside a mirror's footprint may be there, or None if it touches it.
+
+    Numbers alone cannot tell a (lat, lon) site from a (lon, lat) one when
+    both values are valid longitudes and latitudes; the footprint can: if the
+    site misses every file but its swapped twin lands on some, the axes are
+    swapped. Otherwise a site outside the whole footprint is most often in
+    the wrong CRS (a projected file declared EPSG:4326 was caught earlier).
+    """
+    from xembed.sources import cog
+
+    footprints = cog.read_index(mirror)["footprint"].to_numpy()
+    if shapely.intersects(footprints, site.geometry).any():
+        return None  # the place is covered: the missing years are the problem
+    swapped = shapely.transform(site.geometry, lambda xy: xy[:, ::-1])
+    west, south, east, north = swapped.bounds
+    if -180 <= west and east <= 180 and -90 <= south and north <= 90:
+        if shapely.intersects(footprints, swapped).any():
+            return (
+                f"Site {site.id!r} lies outside every file, but with its x and y swapped it "
+                "lies inside: its coordinates look like (lat, lon) pairs; give them in "
+                "(lon, lat) order, e.g. shapely.ops.transform(lambda x, y: (y, x), geometry)"
+            )
+    return (
+        f"Site {site.id!r} lies outside every file of the source: if it should be inside, "
+        "check its CRS (xembed needs EPSG:4326 lon/lat; load_sites reprojects files that "
+        "declare their CRS) and the lon/lat order of its coordinates"
+    )
+
+
 def build_cube(
     data: da.Array,
     grid: Grid,
@@ -107,8 +147,24 @@ def build_cube(
     """Wrap a lazy ``(year, band, y, x)`` array in the cube schema.
 
     Every source calls this, so every source returns the same cube.
+
+    Raises
+    ------
+    SiteError
+        If the site covers no pixel at all (coverage 0 everywhere, e.g. a
+        sliver far thinner than a pixel): it has nothing to average. A site
+        smaller than a pixel is fine: its cube has pixels with fractional
+        coverage.
     """
     coverage = coverage_fraction(geometry, grid)
+    if not coverage.any():
+        raise SiteError(
+            f"site {site.id!r} covers no {grid.res:g} m pixel: its coverage is 0 in every "
+            f"pixel of its {grid.height} x {grid.width} grid (area {geometry.area:.3g} m² in "
+            f"{grid.crs.to_string()}), so it has no pixels to average; check the geometry "
+            "(a sliver or a collapsed ring?), or give it an area, e.g. buffer it by a few "
+            "metres in its UTM zone (xembed.grid.utm_crs, xembed.grid.project)"
+        )
     coords = {
         "year": ("year", np.asarray(years, dtype=np.int64)),
         "band": ("band", np.asarray(BANDS)),
@@ -236,7 +292,14 @@ def open_embeddings(
         For years outside the collection or the source (the message lists
         the available years), or bad chunks.
     xembed.errors.DataNotFoundError
-        If the source has no files over the site.
+        If the source has no files over the site. When the site misses the
+        source's whole footprint the message says so: if the site with x and
+        y swapped lands inside it, that its coordinates look like (lat, lon)
+        pairs; else to check its CRS and lon/lat order.
+    xembed.errors.SiteError
+        If the site crosses the antimeridian, is wider than one UTM zone or
+        reaches beyond 80°S/84°N (see :func:`xembed.grid.target_grid`), or
+        covers no pixel at all (coverage 0 everywhere).
     xembed.errors.SourceError
         For an unknown source or a malformed mirror.
 
@@ -287,8 +350,15 @@ def open_embeddings(
         raise ValueError(
             f"years {missing} are not in source {kind!r} ({mirror}); available years: {available}"
         )
-    grid, geometry = target_grid(site.geometry, buffer=buffer)
-    reader = cog.MosaicReader(grid, years, cog.plan_mosaic(mirror, grid, years))
+    grid, geometry = _site_grid(site, buffer=buffer)
+    try:
+        plan = cog.plan_mosaic(mirror, grid, years)
+    except DataNotFoundError as err:
+        hint = _footprint_hint(site, mirror)
+        if hint is None:
+            raise
+        raise DataNotFoundError(f"{err}. {hint}") from err
+    reader = cog.MosaicReader(grid, years, plan)
     chunk_tuple = tuple(
         reader.shape[i] if chunk_spec[dim] in (-1, 0) else chunk_spec[dim]
         for i, dim in enumerate(("year", "band", "y", "x"))

@@ -22,6 +22,10 @@ from xembed.errors import SiteError
 from xembed.schema import PIXEL_SIZE
 
 __all__ = [
+    "MAX_LON_SPAN",
+    "MAX_PIXELS",
+    "UTM_NORTH",
+    "UTM_SOUTH",
     "Grid",
     "coverage_fraction",
     "project",
@@ -39,6 +43,16 @@ _COVER_TOL = 1e-9
 # Cells per block of rows in coverage_fraction (a 1 MiB float64 buffer, cache-sized).
 _BLOCK_CELLS = 1 << 17
 
+#: Latitude range of UTM (degrees). Beyond it the poles need UPS (polar
+#: stereographic) grids, which xembed does not build; the embeddings are
+#: published by UTM zone (the mirror has one folder per zone, 1N..60S).
+UTM_SOUTH, UTM_NORTH = -80.0, 84.0
+#: Widest site :func:`target_grid` accepts, in degrees of longitude: one UTM zone.
+MAX_LON_SPAN = 6.0
+#: Most pixels :func:`target_grid` puts in one grid: one Earth Engine image
+#: (16384 x 16384 px, 163.84 km square at 10 m); its coverage alone is 1 GiB.
+MAX_PIXELS = 16384 * 16384
+
 
 def _as_geometry(geometry: Any) -> shapely.Geometry:
     """A shapely geometry from a shapely geometry or anything with ``__geo_interface__``."""
@@ -50,6 +64,52 @@ def _as_geometry(geometry: Any) -> shapely.Geometry:
         f"expected a shapely geometry or an object with __geo_interface__, got "
         f"{type(geometry).__name__}; pass e.g. shapely.Polygon(...) in lon/lat"
     )
+
+
+def _lonlat_bounds(geometry: shapely.Geometry) -> tuple[float, float, float, float]:
+    """The bounds of a lon/lat geometry, checked to be longitudes and latitudes."""
+    west, south, east, north = geometry.bounds
+    if not (-180.0 <= west <= east <= 180.0 and -90.0 <= south <= north <= 90.0):
+        raise SiteError(
+            f"bounds ({west:g}, {south:g}, {east:g}, {north:g}) are not longitudes/latitudes: "
+            "the geometry looks projected or its axes swapped; reproject it to EPSG:4326 "
+            "(lon, lat order) first"
+        )
+    return west, south, east, north
+
+
+def _check_utm_latitudes(south: float, north: float) -> None:
+    """Refuse sites beyond UTM's latitudes (80 S to 84 N): the poles need UPS."""
+    if south < UTM_SOUTH or north > UTM_NORTH:
+        worst = f"{north:g}°N" if north > UTM_NORTH else f"{-south:g}°S"
+        raise SiteError(
+            f"the site reaches {worst}, beyond the latitudes of UTM zones (80°S to 84°N): "
+            "polar sites need UPS (polar stereographic) grids, which xembed does not "
+            "support, and the embeddings are published by UTM zone only; clip the site to "
+            "that band, e.g. shapely.clip_by_rect(geometry, -180, -80, 180, 84), or drop it"
+        )
+
+
+def _check_lon_span(west: float, east: float) -> None:
+    """Refuse sites wrapped across the antimeridian or wider than one UTM zone."""
+    span = east - west
+    if span > 180.0:
+        raise SiteError(
+            f"the site spans longitudes {west:g}..{east:g} ({span:g}°), more than half the "
+            "globe: it looks like a site that crosses the antimeridian (180°) written with "
+            "longitudes of both signs (shapely takes the long way round), or one with parts "
+            "on both sides of it. xembed does not build cubes across 180°: split the site "
+            "there and open each side as its own site, e.g. "
+            "shapely.clip_by_rect(geometry, 0, -90, 180, 90) and "
+            "shapely.clip_by_rect(geometry, -180, -90, 0, 90)"
+        )
+    if span > MAX_LON_SPAN:
+        raise SiteError(
+            f"the site spans {span:g}° of longitude ({west:g}..{east:g}), more than one "
+            f"UTM zone ({MAX_LON_SPAN:g}°): a cube lives in one UTM zone, and a grid that "
+            "wide is distorted at its edges and far too large; split the site into parts "
+            "at most 6° wide (e.g. one per zone with shapely.clip_by_rect) and open each"
+        )
 
 
 def utm_crs(geometry: Any) -> pyproj.CRS:
@@ -73,7 +133,9 @@ def utm_crs(geometry: Any) -> pyproj.CRS:
     Raises
     ------
     SiteError
-        If the geometry is empty or its centroid is not a longitude/latitude.
+        If the geometry is empty or not in longitude/latitude, or reaches
+        beyond UTM's latitudes (80°S to 84°N; polar UPS grids are not
+        supported).
 
     Examples
     --------
@@ -86,13 +148,10 @@ def utm_crs(geometry: Any) -> pyproj.CRS:
     geometry = _as_geometry(geometry)
     if geometry.is_empty:
         raise SiteError("the geometry is empty: give a site a polygon with at least 3 vertices")
+    _, south, _, north = _lonlat_bounds(geometry)
+    _check_utm_latitudes(south, north)
     centroid = geometry.centroid
     lon, lat = centroid.x, centroid.y
-    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
-        raise SiteError(
-            f"centroid ({lon:g}, {lat:g}) is not a longitude/latitude: the geometry looks "
-            "projected; reproject it to EPSG:4326 (lon, lat order) first"
-        )
     zone = min(max(math.floor((lon + 180.0) / 6.0) + 1, 1), 60)
     return pyproj.CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
@@ -323,7 +382,12 @@ def target_grid(
     Raises
     ------
     SiteError
-        If the geometry is empty, not a (Multi)Polygon, or covers no pixel.
+        If the geometry is empty, not a (Multi)Polygon, not in lon/lat, covers
+        no pixel, or needs a grid of more than :data:`MAX_PIXELS` pixels
+        (split it). Without ``crs``, also if it crosses the antimeridian
+        (split it at 180°), spans more than one UTM zone
+        (:data:`MAX_LON_SPAN` degrees of longitude), or reaches beyond UTM's
+        latitudes, 80°S to 84°N (polar UPS grids are not supported).
     ValueError
         If ``buffer`` is negative, ``res`` not positive, or ``crs`` not projected.
 
@@ -351,7 +415,14 @@ def target_grid(
         )
     if geometry.is_empty:
         raise SiteError("the site polygon is empty: give it at least 3 distinct vertices")
-    dst = utm_crs(geometry) if crs is None else pyproj.CRS.from_user_input(crs)
+    west, _, east, _ = _lonlat_bounds(geometry)
+    if crs is None:
+        # Checks of the automatic choice of one UTM zone (an explicit CRS is
+        # the caller's: edges are straight in it, whatever their longitudes).
+        _check_lon_span(west, east)
+        dst = utm_crs(geometry)  # refuses polar sites
+    else:
+        dst = pyproj.CRS.from_user_input(crs)
     if not dst.is_projected:
         raise ValueError(
             f"crs must be a projected CRS in metres (e.g. UTM), got {dst.to_string()!r}"
@@ -367,6 +438,14 @@ def target_grid(
         raise SiteError(
             f"the site polygon covers no pixel ({width} x {height} grid): it has no extent "
             f"in {dst.to_string()}; check its vertices, or pass buffer > 0 for a context window"
+        )
+    if width * height > MAX_PIXELS:
+        raise SiteError(
+            f"the site needs a grid of {width} x {height} pixels ({width * res / 1000:g} x "
+            f"{height * res / 1000:g} km at {res:g} m), more than the {MAX_PIXELS:,} pixels "
+            "of one Earth Engine image (163.84 km square) that xembed puts in one cube; "
+            "split the site into smaller parts (e.g. tiles cut with shapely.clip_by_rect) "
+            "and open each"
         )
     # Edges as integer multiples of res: exact for any realistic coordinate.
     grid = Grid(crs=dst, west=col0 * res, north=row1 * res, width=width, height=height, res=res)

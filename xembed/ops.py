@@ -57,8 +57,9 @@ def _embeddings(obj: xr.Dataset | xr.DataArray) -> xr.DataArray:
     """The ``embeddings`` array of a cube, checked for the dims analyses need."""
     if isinstance(obj, xr.Dataset):
         if "embeddings" not in obj:
+            names = sorted(map(str, obj.data_vars))
             raise SchemaError(
-                f"dataset has no 'embeddings' variable (variables: {sorted(map(str, obj.data_vars))}); "
+                f"dataset has no 'embeddings' variable (variables: {names}); "
                 "open a cube with xembed.open_embeddings(...)"
             )
         emb = obj["embeddings"]
@@ -1154,6 +1155,7 @@ def rgb(
         raise ValueError(
             f"rgb needs three band names from A00..A63, got {bands!r}"
             + (f" (unknown: {unknown})" if unknown else "")
+            + "; pass three of A00..A63, e.g. ('A01', 'A16', 'A09')"
         )
     missing = [b for b in bands if b not in emb["band"].values]
     if missing:

@@ -119,7 +119,11 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
         )
     unknown = sorted(set(map(str, ds["band"].values)) - set(BANDS))
     if unknown:
-        raise SchemaError(f"unknown band names {unknown}; expected names from A00..A63")
+        raise SchemaError(
+            f"unknown band names {unknown} in the 'band' coordinate; expected names from "
+            "A00..A63 (xembed.BANDS): select known bands with ds.sel(band=[...]), or relabel "
+            "a full 64-band cube with ds.assign_coords(band=list(xembed.BANDS))"
+        )
     if "coverage" in ds and ds["coverage"].dims != ("y", "x"):
         raise SchemaError(f"'coverage' has dims {ds['coverage'].dims}, expected ('y', 'x')")
     return ds

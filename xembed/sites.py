@@ -231,7 +231,12 @@ def load_sites(
             f"FeatureCollection mapping, got {type(source).__name__}"
         )
     if len(gdf) == 0:
-        raise SiteError(f"{what} contains no features; expected site polygons")
+        where = (
+            "check that it is the right file, or pass layer= to read another layer"
+            if isinstance(source, (str, os.PathLike))
+            else "pass a non-empty collection"
+        )
+        raise SiteError(f"{what} contains no features; expected at least one site polygon: {where}")
     return _sites_from_frame(
         gdf,
         what=what,
@@ -323,6 +328,11 @@ def _read_file(
         raise FileNotFoundError(
             errno.ENOENT, f"No site file at {path!r}; expected {_FORMATS}", path
         )
+    if is_local and os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise SiteError(
+            f"site file {path!r} is empty (0 bytes); expected {_FORMATS} holding site "
+            "polygons: write the file again (was it saved completely?)"
+        )
     try:
         driver = pyogrio.read_info(path, layer=layer)["driver"]
         with warnings.catch_warnings():
@@ -331,7 +341,7 @@ def _read_file(
             gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
     except (DataSourceError, DataLayerError) as err:
         raise SiteError(
-            f"cannot read sites from {path!r}: {err}. xembed reads {_FORMATS}, "
+            f"cannot read sites from {path!r}: {str(err).rstrip('.')}. xembed reads {_FORMATS}, "
             "or anything GDAL/geopandas reads (pass a GeoDataFrame)"
         ) from err
     if gdf.crs is None:
@@ -447,7 +457,7 @@ def _sites_from_frame(
         raw_ids: Sequence[Any] = gdf[id_col].tolist()
     else:
         raw_ids = feature_ids() or range(len(gdf))
-    ids = _normalise_ids(raw_ids, id_col)
+    ids = _normalise_ids(raw_ids, id_col, what)
 
     year_col = start_year_field if start_year_field in columns else None
     if start_year_field not in (None, "start_year") and year_col is None:
@@ -481,12 +491,20 @@ def _sites_from_frame(
         ).any(axis=1)
         if outside.any():
             bad = [i for i, o in zip(ids, outside, strict=True) if o]
+            rows = bounds[outside]
+            extent = (rows[:, 0].min(), rows[:, 1].min(), rows[:, 2].max(), rows[:, 3].max())
+            kind = _not_lonlat_kind(*extent)
+            if kind == "projected":
+                fix = (
+                    "they look projected (metres). Set the CRS they are really in, e.g. "
+                    "gdf = gdf.set_crs('EPSG:5880', allow_override=True) on the GeoDataFrame "
+                    "(read a file with geopandas.read_file first), then call load_sites(gdf)"
+                )
+            else:
+                fix = _NOT_LONLAT[kind]
             raise SiteError(
                 f"{what} is declared {gdf.crs.to_string()} (lon/lat degrees) but "
-                f"{_name_ids(bad, 'has', 'have')} coordinates beyond ±180/±90: they look projected "
-                "(metres). Set the CRS they are really in, e.g. "
-                "gdf = gdf.set_crs('EPSG:5880', allow_override=True) on the GeoDataFrame "
-                "(read a file with geopandas.read_file first), then call load_sites(gdf)"
+                f"{_name_ids(bad, 'has', 'have')} coordinates beyond ±180/±90: {fix}"
             )
     if not gdf.crs.equals("EPSG:4326"):
         geoms = gdf.to_crs("EPSG:4326").geometry
@@ -519,8 +537,9 @@ def _pick_id_column(columns: list[Hashable], id_field: str | None, what: str) ->
     return next((c for c in ID_FIELDS if c in columns), None)
 
 
-def _normalise_ids(raw: Iterable[Any], column: Hashable | None) -> list[int | str]:
+def _normalise_ids(raw: Iterable[Any], column: Hashable | None, what: str) -> list[int | str]:
     source = f"column {column!r}" if column is not None else "GeoJSON Feature 'id'"
+    source = f"{source} of {what}"
     ids: list[int | str] = []
     missing: list[int] = []
     for row, value in enumerate(raw):
@@ -543,8 +562,8 @@ def _normalise_ids(raw: Iterable[Any], column: Hashable | None) -> list[int | st
     duplicated = [i for i, n in seen.items() if n > 1]
     if duplicated:
         raise SiteError(
-            f"duplicate site ids {_name_list(duplicated)} in {source}; ids must be unique "
-            "(pass id_field= to use another column)"
+            f"duplicate site ids {_name_list(duplicated)} in {source}; ids must be unique: "
+            "renumber or drop the duplicates, or pass id_field= to use another column"
         )
     return ids
 
@@ -600,8 +619,8 @@ def _clean_geometry(geom: Any, site_id: int | str) -> Polygon | MultiPolygon:
     xmin, ymin, xmax, ymax = geom.bounds
     if not (-180 <= xmin <= xmax <= 180 and -90 <= ymin <= ymax <= 90):
         raise SiteError(
-            f"site {site_id!r}: coordinates {geom.bounds} are not EPSG:4326 lon/lat "
-            "(they look projected); reproject them to EPSG:4326 or set the right CRS"
+            f"site {site_id!r}: coordinates {geom.bounds} are not EPSG:4326 lon/lat: "
+            + _NOT_LONLAT[_not_lonlat_kind(xmin, ymin, xmax, ymax)]
         )
     if geom.is_valid:
         return geom
@@ -610,15 +629,49 @@ def _clean_geometry(geom: Any, site_id: int | str) -> Polygon | MultiPolygon:
     if repaired is None:
         raise SiteError(
             f"site {site_id!r}: invalid geometry ({reason}) has no area left after "
-            "shapely.make_valid; fix the polygon"
+            "shapely.make_valid (it collapses to lines or points); fix its vertices so that "
+            "it encloses an area, or drop the site"
         )
     warnings.warn(
         f"site {site_id!r}: invalid geometry ({reason}) repaired with shapely.make_valid; "
-        "check the result",
+        "check the result, or fix the polygon in the site file to silence this warning",
         UserWarning,
         stacklevel=_stacklevel(),
     )
     return repaired
+
+
+#: What coordinates that are not lon/lat look like, and the fix (see _not_lonlat_kind).
+_NOT_LONLAT = {
+    "swapped": (
+        "latitudes beyond ±90 whose longitudes would all be valid latitudes: the coordinates "
+        "look swapped, (lat, lon) instead of (lon, lat); swap them, e.g. "
+        "shapely.ops.transform(lambda x, y: (y, x), geometry), or for a GeoDataFrame "
+        "gdf.geometry = gdf.geometry.map(lambda g: shapely.ops.transform(lambda x, y: (y, x), g))"
+    ),
+    "0-360": (
+        "longitudes beyond 180 with valid latitudes look like 0..360 degree longitudes; "
+        "subtract 360 from longitudes above 180, and split a site that crosses the "
+        "antimeridian (180 degrees) into one part on each side"
+    ),
+    "projected": ("they look projected (metres); reproject them to EPSG:4326 or set the right CRS"),
+}
+
+
+def _not_lonlat_kind(xmin: float, ymin: float, xmax: float, ymax: float) -> str:
+    """Why bounds beyond +-180/+-90 are not lon/lat: a key of :data:`_NOT_LONLAT`.
+
+    Only what the numbers prove: latitudes past 90 whose x values are all
+    valid latitudes are (lat, lon) pairs; longitudes in (180, 360] with valid
+    latitudes are 0..360 longitudes; anything larger is metres. A (lat, lon)
+    site whose longitude is within +-90 looks like valid lon/lat here: it is
+    caught when it falls outside a source's footprint (``open_embeddings``).
+    """
+    if max(abs(xmin), abs(xmax)) <= 90 and max(abs(ymin), abs(ymax)) <= 180:
+        return "swapped"
+    if -180 <= xmin and xmax <= 360 and max(abs(ymin), abs(ymax)) <= 90:
+        return "0-360"
+    return "projected"
 
 
 def _polygonal_part(geom: BaseGeometry) -> Polygon | MultiPolygon | None:

@@ -40,7 +40,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from xembed.errors import DataNotFoundError, EarthEngineError, SourceError
-from xembed.grid import Grid, target_grid
+from xembed.grid import Grid
 from xembed.schema import BANDS, COLLECTION
 from xembed.sites import Site, as_site
 
@@ -440,7 +440,7 @@ def open_embeddings_ee(
     ...     ds.embeddings.dims, ds.sizes["year"]
     (('year', 'band', 'y', 'x'), 3)
     """
-    from xembed.cube import _normalize_chunks, _normalize_years, build_cube
+    from xembed.cube import _normalize_chunks, _normalize_years, _site_grid, build_cube
 
     site = as_site(where)
     years = _normalize_years(years)
@@ -450,7 +450,7 @@ def open_embeddings_ee(
     ee = _import_ee()
     _ensure_initialized(ee, project)
     _widen_connection_pool(ee)
-    grid, geometry = target_grid(site.geometry, buffer=buffer)
+    grid, geometry = _site_grid(site, buffer=buffer)
     shape = (len(years), len(BANDS), grid.height, grid.width)
     chunk_tuple = tuple(
         shape[i] if chunk_spec[dim] in (-1, 0) else min(chunk_spec[dim], shape[i])
