@@ -15,6 +15,7 @@ from xembed.cube import open_embeddings
 from xembed.errors import (
     DataNotFoundError,
     EarthEngineError,
+    ReadError,
     SchemaError,
     SiteError,
     SourceError,
@@ -48,6 +49,7 @@ __all__ = [
     "BANDS",
     "DataNotFoundError",
     "EarthEngineError",
+    "ReadError",
     "SchemaError",
     "Site",
     "SiteError",

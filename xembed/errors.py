@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = [
     "DataNotFoundError",
     "EarthEngineError",
+    "ReadError",
     "SchemaError",
     "SiteError",
     "SourceError",
@@ -37,3 +38,30 @@ class DataNotFoundError(XembedError, LookupError):
 
 class EarthEngineError(XembedError, RuntimeError):
     """Earth Engine could not be reached, set up, or could not compute a read."""
+
+
+class ReadError(XembedError, OSError):
+    """A file of the mirror could not be read: truncated, corrupt, or unreachable.
+
+    Raised after the retry budget (:data:`xembed.sources.cog.RETRY`) is spent for remote files,
+    at once for local ones. The message names the file, the part that failed
+    and the fix. Picklable, so it crosses ``dask.distributed`` workers intact.
+
+    Attributes
+    ----------
+    href : str or None
+        The file (local path or URL).
+    attempts : int
+        How many times the read was tried.
+
+    Examples
+    --------
+    >>> err = ReadError("could not read 'x.tiff'", href="x.tiff", attempts=3)
+    >>> isinstance(err, OSError), err.href, err.attempts
+    (True, 'x.tiff', 3)
+    """
+
+    def __init__(self, message: str, *, href: str | None = None, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.href = href
+        self.attempts = attempts

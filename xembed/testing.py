@@ -2,6 +2,8 @@
 
 - :func:`make_cube`: small in-memory cubes with planted, hand-checkable patterns;
 - :func:`raise_if_dask_computes`: a counting dask scheduler that proves laziness;
+- :func:`serve_mirror`: a local HTTP server for a mirror folder, with fault
+  injection (5xx, slow, truncated, reset);
 - :func:`fake_earthengine`: a local Earth Engine REST server over a mirror
   folder, so Earth Engine pipelines run offline (see :mod:`xembed.fake_ee`).
 """
@@ -25,17 +27,22 @@ from xembed.fake_ee import (
     fake_earthengine,
     first_requests_fail,
 )
+from xembed.mirror_server import Fault, MirrorRequest, MirrorServer, serve_mirror
 
 __all__ = [
     "CountingScheduler",
     "FakeEarthEngine",
     "FakeRequest",
+    "Fault",
+    "MirrorRequest",
+    "MirrorServer",
     "all_requests_fail",
     "fake_earthengine",
     "first_requests_fail",
     "make_cube",
     "planted_vector",
     "raise_if_dask_computes",
+    "serve_mirror",
 ]
 
 

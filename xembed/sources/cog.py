@@ -8,38 +8,73 @@ Reading is planned eagerly from metadata only (the index and file headers)
 and executed lazily: one dask task per chunk reads, for every year, just the
 window of each file that the chunk needs, mosaics the files (later rows on
 top, nodata transparent), and de-quantises once.
+
+Faults
+------
+Remote reads (the index download, each file header, each window) retry
+transient failures -- HTTP 5xx and 429, timeouts, stalled transfers,
+connection resets, bodies cut short -- with exponential backoff, within the
+budget of :data:`RETRY` (a :class:`RetryPolicy`; environment variables
+``XEMBED_RETRY_ATTEMPTS``, ``XEMBED_RETRY_BACKOFF``,
+``XEMBED_RETRY_MAX_BACKOFF`` and ``XEMBED_HTTP_TIMEOUT`` set it at import).
+A read that still fails, and any failed read of a local file (not retried:
+a truncated file stays truncated), raises :class:`ReadError` naming the file.
+Nothing is ever filled with zeros or NaN in place of data that could not be
+read.
+
+xembed's loop is the only one that retries: GDAL's own HTTP retries are off
+(``GDAL_HTTP_MAX_RETRY=0``), so the budget does not multiply, and the loop
+also covers what GDAL does not retry. Each retry opens the file with
+``CPL_VSIL_CURL_NON_CACHED`` set for it, because a failure can poison
+``/vsicurl/``'s process-wide cache: a failed ``HEAD`` is remembered as "no
+such file", and a body cut short is remembered as the end of the file, so
+without this a retry would fail again without sending a request.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
+import io
+import logging
+import math
 import os
+import random
+import re
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import pyproj
 import shapely
 
-from xembed.errors import DataNotFoundError, SourceError
+from xembed.errors import DataNotFoundError, ReadError, SourceError
 from xembed.grid import Grid
 from xembed.schema import BANDS, NODATA, dequantize
 
 __all__ = [
     "DEFAULT_ROOT",
     "INDEX_COLUMNS",
+    "RETRY",
     "MosaicReader",
+    "ReadError",
+    "RetryPolicy",
     "available_years",
     "https_url",
     "plan_mosaic",
     "read_index",
 ]
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Source Cooperative's public, anonymous copy of the mirror.
 DEFAULT_ROOT = "s3://us-west-2.opendata.source.coop/tge-labs/aef/v1/annual"
@@ -60,17 +95,145 @@ INDEX_COLUMNS = (
     "wgs84_north",
 )
 _REMOTE_SCHEMES = ("http", "https", "s3", "gs")
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
-# GDAL settings for anonymous cloud reads: no directory listings (one request
-# per file header instead of many), unsigned requests, retries on 5xx.
+# GDAL settings for every read (timeouts come from RETRY, see RetryPolicy.gdal_options):
+# - no directory listings (one request per file header instead of many);
+# - GDAL does not retry: xembed's loop does (one budget, and it also covers
+#   truncated bodies, which GDAL takes for the end of the file);
+# - parallel range requests, consecutive ranges merged;
+# - a tile that cannot be read is an error, never a block of zeros (GDAL's
+#   GTIFF_IGNORE_READ_ERRORS=YES would fill it with zeros: pin it off).
 _GDAL_ENV = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff",
-    "GDAL_HTTP_MAX_RETRY": "5",
-    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_MAX_RETRY": "0",
     "GDAL_HTTP_MULTIRANGE": "YES",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GTIFF_IGNORE_READ_ERRORS": "NO",
 }
+
+
+class _Corrupt(OSError):
+    """A file opened, but its header is not what a mirror file has (e.g. cut short)."""
+
+
+def _env_number(name: str, default: float, kind: Callable[[str], Any]) -> Any:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(
+            f"environment variable {name}={value!r} is not {what}; unset it or set it to "
+            f"{what} such as {default!r}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How remote reads retry transient failures.
+
+    A failed read is tried again up to ``attempts`` times in all, sleeping
+    ``min(max_backoff, backoff * 2 ** (n - 1))`` seconds (times a random
+    factor in [0.5, 1], so that parallel readers spread out) after the n-th
+    failure. With the defaults a read gives up after 5 attempts and at most
+    7.5 s of sleep (:attr:`budget`), plus up to ``timeout`` for each request
+    that stalls.
+
+    Parameters
+    ----------
+    attempts : int, default 5
+        Tries per read in all (1: no retries).
+    backoff : float, default 0.5
+        Seconds to wait after the first failure; doubled after each next one.
+    max_backoff : float, default 8.0
+        Cap on a single wait.
+    timeout : float, default 30.0
+        Seconds a request may make no progress (connecting, or receiving
+        nothing) before it is abandoned and counts as a failure. GDAL
+        applies it in whole seconds (at least 1).
+
+    Examples
+    --------
+    >>> policy = RetryPolicy(attempts=4, backoff=0.5, max_backoff=1.5)
+    >>> [policy.delay(n) for n in (1, 2, 3)], policy.budget
+    ([0.5, 1.0, 1.5], 3.0)
+    >>> RetryPolicy(attempts=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: RetryPolicy.attempts must be an integer >= 1 (1 means no retries), not 0
+    """
+
+    attempts: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.attempts, bool)
+            or not isinstance(self.attempts, int)
+            or self.attempts < 1
+        ):
+            raise ValueError(
+                "RetryPolicy.attempts must be an integer >= 1 (1 means no retries), "
+                f"not {self.attempts!r}"
+            )
+        for name in ("backoff", "max_backoff"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(
+                    f"RetryPolicy.{name} must be seconds >= 0, not {getattr(self, name)!r}"
+                )
+        if not self.timeout > 0:
+            raise ValueError(f"RetryPolicy.timeout must be seconds > 0, not {self.timeout!r}")
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        """The default policy, with the fields the environment sets.
+
+        ``XEMBED_RETRY_ATTEMPTS``, ``XEMBED_RETRY_BACKOFF``,
+        ``XEMBED_RETRY_MAX_BACKOFF`` and ``XEMBED_HTTP_TIMEOUT`` override
+        ``attempts``, ``backoff``, ``max_backoff`` and ``timeout``.
+
+        Examples
+        --------
+        >>> RetryPolicy.from_env() == RetryPolicy()  # with none of them set
+        True
+        """
+        default = cls()
+        return cls(
+            attempts=_env_number("XEMBED_RETRY_ATTEMPTS", default.attempts, int),
+            backoff=_env_number("XEMBED_RETRY_BACKOFF", default.backoff, float),
+            max_backoff=_env_number("XEMBED_RETRY_MAX_BACKOFF", default.max_backoff, float),
+            timeout=_env_number("XEMBED_HTTP_TIMEOUT", default.timeout, float),
+        )
+
+    def delay(self, failures: int) -> float:
+        """The longest wait after the ``failures``-th failed attempt, in seconds."""
+        return float(min(self.max_backoff, self.backoff * 2 ** (failures - 1)))
+
+    @property
+    def budget(self) -> float:
+        """The most a read can sleep between attempts before giving up, in seconds."""
+        return float(sum(self.delay(n) for n in range(1, self.attempts)))
+
+    def gdal_options(self) -> dict[str, str]:
+        """GDAL's HTTP timeouts for this policy: a stall of ``timeout`` seconds fails."""
+        stall = str(max(1, math.ceil(self.timeout)))
+        return {
+            "GDAL_HTTP_CONNECTTIMEOUT": f"{self.timeout:g}",
+            "GDAL_HTTP_LOW_SPEED_TIME": stall,
+            "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
+        }
+
+
+#: The retry policy of every remote read; replace it to change the budget, e.g.
+#: ``xembed.sources.cog.RETRY = RetryPolicy(attempts=8)`` (dask.distributed
+#: workers read the ``XEMBED_*`` environment variables instead).
+RETRY = RetryPolicy.from_env()
 
 
 def _is_remote(path: str) -> bool:
@@ -112,12 +275,154 @@ def _gdal_path(href: str) -> str:
     return "/vsicurl/" + https_url(href) if _is_remote(href) else href
 
 
+def _is_loopback(url: str) -> bool:
+    return urllib.parse.urlsplit(url).hostname in _LOOPBACK_HOSTS
+
+
+def _transient_status(status: int) -> bool:
+    """Worth retrying: server errors, "too many requests", request timeouts."""
+    return status >= 500 or status in (408, 429)
+
+
+def _wait(policy: RetryPolicy, failures: int, href: str, what: str, cause: str) -> None:
+    delay = policy.delay(failures) * random.uniform(0.5, 1.0)
+    logger.info(
+        "reading the %s of %s failed (attempt %d of %d: %s); retrying in %.2f s",
+        what,
+        href,
+        failures,
+        policy.attempts,
+        cause,
+        delay,
+    )
+    time.sleep(delay)
+
+
+def _gave_up(what: str, href: str, cause: str, attempts: int, started: float) -> str:
+    return (
+        f"could not read the {what} of {href!r}: {cause} (gave up after {attempts} attempts "
+        f"in {time.monotonic() - started:.1f} s). The server kept failing: try again later, "
+        "or allow more attempts (XEMBED_RETRY_ATTEMPTS, or xembed.sources.cog.RETRY)"
+    )
+
+
 def _fetch(url: str) -> bytes:
-    try:
-        with urllib.request.urlopen(https_url(url), timeout=60) as response:
-            return bytes(response.read())
-    except OSError as err:
-        raise SourceError(f"could not read {url!r}: {err}") from err
+    """The bytes at ``url`` (``s3://``, ``gs://`` or ``https://``), retrying per :data:`RETRY`.
+
+    Raises
+    ------
+    SourceError
+        If the server refuses the URL (HTTP 4xx other than 408 and 429).
+    ReadError
+        If the download kept failing (5xx, timeouts, resets, short bodies).
+    """
+    policy = RETRY
+    target = https_url(url)
+    # A local server is reached directly, never through a proxy set in the environment.
+    handlers = [urllib.request.ProxyHandler({})] if _is_loopback(target) else []
+    opener = urllib.request.build_opener(*handlers)
+    started = time.monotonic()
+    for attempt in range(1, policy.attempts + 1):
+        status = None
+        try:
+            with opener.open(target, timeout=policy.timeout) as response:
+                data = response.read()  # http.client.IncompleteRead if cut short
+                expected = response.headers.get("Content-Length")
+                if expected is not None and len(data) != int(expected):
+                    raise http.client.IncompleteRead(data, int(expected) - len(data))
+                return bytes(data)
+        except urllib.error.HTTPError as err:
+            err.close()
+            status, cause = err.code, f"HTTP {err.code} {err.reason}"
+        except (OSError, http.client.HTTPException) as err:  # timeouts, resets, short bodies
+            cause = f"{type(err).__name__}: {err}"
+        # Raised outside the except blocks, so not chained: see _retrying.
+        if status is not None and not _transient_status(status):
+            raise SourceError(
+                f"could not read {url!r}: {cause}; check that root= is the mirror's top "
+                "folder (the one holding aef_index.parquet) and that it is public"
+            )
+        if attempt < policy.attempts:
+            _wait(policy, attempt, url, "file", cause)
+    raise ReadError(
+        _gave_up("file", url, cause, policy.attempts, started), href=url, attempts=policy.attempts
+    )
+
+
+def _causes(err: BaseException) -> str:
+    """GDAL's messages behind a rasterio error, outermost first (rasterio 1.4 chains them)."""
+    messages: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).strip()
+        if text and "See previous exception" not in text and text not in messages:
+            messages.append(text)
+        current = current.__cause__ or current.__context__
+    return "; ".join(messages) or type(err).__name__
+
+
+def _refused(cause: str) -> bool:
+    """The server refused the file (HTTP 4xx but 408/429): retrying cannot help."""
+    codes = [int(c) for c in re.findall(r"HTTP response code: (\d{3})", cause)]
+    return any(400 <= c < 500 and not _transient_status(c) for c in codes)
+
+
+def _retrying(href: str, what: str, action: Callable[[Mapping[str, str]], _T]) -> _T:
+    """Run ``action(gdal_env)`` on ``href``, retrying remote failures per :data:`RETRY`.
+
+    Local files are tried once: their failures (truncated, corrupt) are permanent.
+    """
+    import rasterio
+    from rasterio._err import CPLE_BaseError
+
+    policy = RETRY
+    remote = _is_remote(href)
+    attempts = policy.attempts if remote else 1
+    started = time.monotonic()
+    first = ""
+    for attempt in range(1, attempts + 1):
+        env = {**_GDAL_ENV, **policy.gdal_options()} if remote else dict(_GDAL_ENV)
+        if attempt > 1:
+            # Bypass, and on close drop, what /vsicurl/ cached for this file: the
+            # failure may have left "no such file" or a too-short size there.
+            # (GDAL splits this option at ':', so it disables caching of every
+            # /vsicurl/ URL in this thread while the retry runs: harmless.)
+            env["CPL_VSIL_CURL_NON_CACHED"] = _gdal_path(href)
+        try:
+            return action(env)
+        except (rasterio.errors.RasterioError, CPLE_BaseError, _Corrupt) as err:
+            cause = _causes(err)
+            if remote and "not recognized as being in a supported" in cause:
+                cause += " (GDAL says so of a URL whose header it could not fetch)"
+        # Raised outside the except block, so not chained: the message carries
+        # GDAL's words, and rasterio's exceptions (which do not survive the
+        # pickling dask.distributed does to a task's error) stay behind.
+        if not remote:
+            raise ReadError(
+                f"could not read the {what} of {href!r}: {cause}. The file is unreadable, "
+                "truncated or corrupt: copy it again from the mirror (its size must match "
+                "the mirror's)",
+                href=href,
+            )
+        if _refused(cause):
+            raise ReadError(
+                f"could not read the {what} of {href!r}: {cause} (not retried: the server "
+                "refuses it). Check that the mirror at root= holds this file and that the "
+                "index matches the mirror",
+                href=href,
+                attempts=attempt,
+            )
+        first = first or cause
+        if attempt == attempts:
+            if cause != first:  # GDAL's last words can hide the cause ("not recognized")
+                cause = f"{cause} (first failure: {first})"
+            raise ReadError(
+                _gave_up(what, href, cause, attempt, started), href=href, attempts=attempt
+            )
+        _wait(policy, attempt, href, what, cause)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _index_location(root: str) -> tuple[str, str]:
@@ -149,22 +454,33 @@ def _remote_cache_path(url: str) -> Path:
 
 @functools.lru_cache(maxsize=8)
 def _read_index_cached(location: str, fmt: str, stamp: float) -> pd.DataFrame:
+    source: str | io.BytesIO = location
+    cached: Path | None = None
     if _is_remote(location):
-        cached = _remote_cache_path(location)
-        if not cached.is_file():
+        # Kept on disk, except from a local server (as fast as the disk; a
+        # copy would only go stale).
+        cached = None if _is_loopback(https_url(location)) else _remote_cache_path(location)
+        if cached is not None and cached.is_file():
+            source = str(cached)
+        else:
             data = _fetch(location)
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, cached)
-        location = str(cached)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_bytes(data)
+                os.replace(tmp, cached)
+            source = io.BytesIO(data)
     try:
         if fmt == "parquet":
-            table = pd.read_parquet(location)
+            table = pd.read_parquet(source)
         else:
-            table = pd.read_csv(location)
+            table = pd.read_csv(source)
     except Exception as err:
-        raise SourceError(f"could not read the mirror index {location!r}: {err}") from err
+        where = repr(location)
+        if cached is not None and cached.is_file():
+            cached.unlink(missing_ok=True)  # a damaged copy: fetch afresh next time
+            where += f" (its cached copy {str(cached)!r}, now removed: try again)"
+        raise SourceError(f"could not read the mirror index {where}: {err}") from err
     missing = [c for c in INDEX_COLUMNS if c not in table.columns]
     if missing:
         raise SourceError(
@@ -269,10 +585,21 @@ class Tile:
 
 @functools.lru_cache(maxsize=4096)
 def _tile(href: str) -> Tile:
+    """The header of one file (retried per :data:`RETRY`; cached once read).
+
+    Raises
+    ------
+    ReadError
+        If the header cannot be read (see :func:`_retrying`).
+    SourceError
+        If the file is not a 64-band int8 embedding file.
+    """
     import rasterio
 
-    try:
-        with rasterio.Env(**_GDAL_ENV), rasterio.open(_gdal_path(href)) as src:
+    def header(env: Mapping[str, str]) -> Tile:
+        with rasterio.Env(**env), rasterio.open(_gdal_path(href)) as src:
+            if src.crs is None:
+                raise _Corrupt("the header has no coordinate reference system (cut short?)")
             if src.count != len(BANDS) or src.dtypes[0] != "int8":
                 raise SourceError(
                     f"{href!r} has {src.count} bands of {src.dtypes[0]}; expected "
@@ -282,8 +609,8 @@ def _tile(href: str) -> Tile:
             return Tile(
                 href, src.crs.to_string(), (t.a, t.b, t.c, t.d, t.e, t.f), src.width, src.height
             )
-    except rasterio.errors.RasterioIOError as err:
-        raise SourceError(f"could not open {href!r}: {err}") from err
+
+    return _retrying(href, "header", header)
 
 
 def _grid_lonlat_box(grid: Grid) -> shapely.Polygon:
@@ -368,7 +695,14 @@ def _transformer(src: str, dst: str) -> pyproj.Transformer:
 
 
 def _read_tile(tile: Tile, band_index: np.ndarray, src_rows: np.ndarray, src_cols: np.ndarray):
-    """Gather int8 values of ``tile`` at (src_rows, src_cols); -128 outside it."""
+    """Gather int8 values of ``tile`` at (src_rows, src_cols); -128 outside it.
+
+    Raises
+    ------
+    ReadError
+        If the window cannot be read (remote reads are retried first, see
+        :data:`RETRY`); never returns zeros or nodata in place of unread data.
+    """
     import rasterio
     from rasterio.windows import Window
 
@@ -389,11 +723,14 @@ def _read_tile(tile: Tile, band_index: np.ndarray, src_rows: np.ndarray, src_col
     r0, r1 = int(r_sel.min()), int(r_sel.max()) + 1
     c0, c1 = int(c_sel.min()), int(c_sel.max()) + 1
     window = Window(c0, r0, c1 - c0, r1 - r0)
-    try:
-        with rasterio.Env(**_GDAL_ENV), rasterio.open(_gdal_path(tile.href)) as src:
-            block = src.read(indexes=[int(b) + 1 for b in band_index], window=window)
-    except rasterio.errors.RasterioIOError as err:
-        raise SourceError(f"could not read {window} of {tile.href!r}: {err}") from err
+    indexes = [int(b) + 1 for b in band_index]
+
+    def read(env: Mapping[str, str]) -> np.ndarray:
+        with rasterio.Env(**env), rasterio.open(_gdal_path(tile.href)) as src:
+            return src.read(indexes=indexes, window=window)
+
+    what = f"window rows {r0}:{r1}, cols {c0}:{c1} ({len(indexes)} bands)"
+    block = _retrying(tile.href, what, read)
     out = np.full(shape, NODATA, dtype=np.int8)
     if separable:
         out[:, np.flatnonzero(inside_r)[:, None], np.flatnonzero(inside_c)[None, :]] = block[
