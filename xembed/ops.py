@@ -707,7 +707,7 @@ def _cosine_block(block: np.ndarray, mode: str, ref: int = 0) -> np.ndarray:
                 r, c = r1 - r0, c1 - c0
                 t = r * c
                 win = (slice(r0, r1), slice(c0, c1))
-                tile = tile_buf[: n_years * n_bands * t].reshape(n_years, n_bands, t)
+                tile: np.ndarray = tile_buf[: n_years * n_bands * t].reshape(n_years, n_bands, t)
                 np.copyto(
                     tile.reshape(n_years, n_bands, r, c),
                     block[:, :, r0:r1, c0:c1],
