@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from xembed import accessor as _accessor  # noqa: F401  (registers .embed)
 from xembed import render
+from xembed.batch import extract
 from xembed.cube import open_embeddings
 from xembed.errors import (
     DataNotFoundError,
@@ -60,6 +61,7 @@ __all__ = [
     "change_summary",
     "demo_sites",
     "dequantize",
+    "extract",
     "kmeans",
     "load_sites",
     "open_cube",

@@ -138,22 +138,55 @@ def _open(site: Any, args: argparse.Namespace, **kwargs: Any) -> Any:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    """All sites through :func:`xembed.batch.extract`: shared reads, resumable with ``--store``.
+
+    Writes the notebook's table (``site_id, year, A00..A63``) of every site
+    that succeeded; if some failed, prints one line per failure and returns 1.
+    """
+    import warnings
+
     import pandas as pd
+
+    import xembed
+    from xembed.batch import extract
 
     out = Path(args.out)
     if out.suffix not in (".csv", ".parquet"):
         raise UsageError(f"--out {args.out!r} must end in .csv or .parquet")
     sites = _sites(args)
-    tables = [
-        table
-        for _, table in _each_site(
-            args, sites, lambda s: _open(s, args).embed.to_frame(reducer=args.reducer), "extract"
-        )
-    ]
-    means = pd.concat(tables, ignore_index=True)
+    store = getattr(args, "store", None)
+    try:
+        with warnings.catch_warnings():
+            # The failures are summarised below, one line each.
+            warnings.filterwarnings("ignore", r"xembed\.extract: ", UserWarning)
+            table = extract(
+                sites,
+                parse_years(args.years),
+                **_source_kwargs(args),
+                stats=(args.reducer,),
+                store=store,
+                progress=not args.quiet,
+            )
+    except (xembed.XembedError, ValueError, NotImplementedError) as err:
+        raise UsageError(str(err)) from err
+    errors = table.attrs["errors"]
+    means = table.drop(columns="stat")
+    means.attrs = {}  # pandas cannot write a DataFrame held in attrs to Parquet
     _atomic_table(means, out)
-    print(f"wrote {out} ({len(means)} rows, {means.shape[1]} columns)")
-    return 0
+    n_sites = means["site_id"].nunique()
+    print(f"wrote {out} ({len(means)} rows, {means.shape[1]} columns, {n_sites} sites)")
+    if errors.empty:
+        return 0
+    failed = errors["site_id"].nunique()
+    for row in errors.itertuples():
+        when = "" if pd.isna(row.year) else f" year {row.year}"
+        print(f"xembed extract: site {row.site_id}{when}: {row.error}", file=sys.stderr)
+    retry = f" (re-run with --store {store} to retry only them)" if store else ""
+    print(
+        f"xembed extract: {failed} of {len(sites)} sites failed; {out} holds the others{retry}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _similarity_tables(args: argparse.Namespace, out: Path, sites: Sequence[Any]) -> list[Path]:
