@@ -239,3 +239,40 @@ def test_remote_mirror_opens_a_real_site():
     norms = np.sqrt((ds.embeddings.isel(year=0) ** 2).sum("band")).values
     assert np.nanmedian(norms) == pytest.approx(1.0, abs=0.05)
     assert isinstance(ds.embed.to_frame(), pd.DataFrame)
+
+
+def test_dequantize_table_equals_the_formula():
+    q = np.arange(-128, 128).astype(np.int8).reshape(16, 16)[:, ::-1]  # strided view too
+    table = dequantize(q)
+    f = q.astype(np.float32) / np.float32(127.5)
+    formula = np.where(q == -128, np.float32(np.nan), np.sign(f) * f * f)
+    assert table.dtype == np.float32 and table.shape == q.shape
+    np.testing.assert_array_equal(table.view(np.int32), formula.astype(np.float32).view(np.int32))
+    exact = np.sign(q.astype(np.float64)) * (q.astype(np.float64) / 127.5) ** 2
+    # float32 arithmetic: three roundings of at most half an ulp each
+    np.testing.assert_allclose(table[q != -128], exact[q != -128], rtol=3 * 2.0**-24)
+    # other integer and float inputs take the formula: the same values
+    np.testing.assert_array_equal(dequantize(q.astype(np.int16)), table)
+
+
+@pytest.mark.parametrize(
+    "index, expected",
+    [
+        ([0, 1, 2, 3], slice(0, 4, 1)),
+        ([5, 4, 3], slice(5, 2, -1)),
+        ([2, 1, 0], slice(2, None, -1)),  # a stop of -1 would mean "the last"
+        ([7], slice(7, 8, 1)),
+        ([0, 1, 3], None),
+        ([0, 2, 4], None),
+        ([0, 1, 0, 1, 2, 3, 2, 3], None),  # endpoints of a run, not a run
+    ],
+)
+def test_index_runs_become_slices(index, expected):
+    index = np.array(index)
+    got = cog._as_run(index)
+    if expected is None:
+        assert got is index
+    else:
+        assert got == expected
+        data = np.arange(10) * 3
+        np.testing.assert_array_equal(data[got], data[index])

@@ -65,9 +65,21 @@ def dequantize(q: np.ndarray) -> np.ndarray:
           dtype=float32)
     """
     q = np.asarray(q)
+    if q.dtype == np.int8:
+        # A 256-entry table indexed by the byte: the formula's own float32 values
+        # (bit for bit), ~4x faster than evaluating it per pixel.
+        return np.asarray(_DEQUANTIZED.take(q.view(np.uint8)))
+    return _dequantize_formula(q)
+
+
+def _dequantize_formula(q: np.ndarray) -> np.ndarray:
     f = q.astype(np.float32) / np.float32(127.5)
     v = np.sign(f) * f * f
     return np.where(q == NODATA, np.float32(np.nan), v).astype(np.float32, copy=False)
+
+
+#: dequantize() of every int8 value, indexed by its byte (q.view(np.uint8)).
+_DEQUANTIZED = _dequantize_formula(np.arange(256, dtype=np.uint8).view(np.int8))
 
 
 def quantize(v: np.ndarray) -> np.ndarray:

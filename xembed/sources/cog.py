@@ -733,12 +733,39 @@ def _read_tile(tile: Tile, band_index: np.ndarray, src_rows: np.ndarray, src_col
     block = _retrying(tile.href, what, read)
     out = np.full(shape, NODATA, dtype=np.int8)
     if separable:
-        out[:, np.flatnonzero(inside_r)[:, None], np.flatnonzero(inside_c)[None, :]] = block[
-            :, (r_sel - r0)[:, None], (c_sel - c0)[None, :]
-        ]
+        dst_r, dst_c = np.flatnonzero(inside_r), np.flatnonzero(inside_c)
+        runs = [_as_run(i) for i in (dst_r, dst_c, r_sel - r0, c_sel - c0)]
+        if all(isinstance(run, slice) for run in runs):
+            # Same lattice (the usual case): plain slices copy ~70x faster than gathers.
+            out[:, runs[0], runs[1]] = block[:, runs[2], runs[3]]
+        else:
+            out[:, dst_r[:, None], dst_c[None, :]] = block[
+                :, (r_sel - r0)[:, None], (c_sel - c0)[None, :]
+            ]
     else:
         out[:, inside] = block[:, r_sel - r0, c_sel - c0]
     return out
+
+
+def _as_run(index: np.ndarray) -> slice | np.ndarray:
+    """``index`` as a slice if it is a run of step +1 or -1 (bottom-up files), else itself.
+
+    >>> _as_run(np.array([4, 3, 2, 1, 0]))
+    slice(4, None, -1)
+    >>> _as_run(np.array([2, 3, 5]))
+    array([2, 3, 5])
+    """
+    n = index.size
+    if n == 0:
+        return index
+    start = int(index[0])
+    step = 1 if n == 1 else int(index[1]) - start
+    if step not in (1, -1) or int(index[-1]) != start + step * (n - 1):
+        return index
+    if n > 2 and not np.array_equal(np.diff(index), np.full(n - 1, step)):
+        return index
+    stop = start + step * n
+    return slice(start, None if stop < 0 else stop, step)
 
 
 @dataclass(frozen=True)
