@@ -79,7 +79,6 @@ import numpy as np
 import pandas as pd
 import shapely
 import xarray as xr
-from dask.base import tokenize
 
 from xembed.errors import DataNotFoundError
 from xembed.grid import Grid, coverage_fraction, target_grid
@@ -448,8 +447,7 @@ class _Source:
 
 
 def _resolve(source: Any, root: Any, project: str | None, years: tuple[int, ...]) -> _Source:
-    from xembed.cube import _resolve_source
-    from xembed.sources import cog
+    from xembed.cube import _mirror_source
 
     if source == "ee":
         if root is not None:
@@ -457,13 +455,7 @@ def _resolve(source: Any, root: Any, project: str | None, years: tuple[int, ...]
         return _Source("ee", None, project)
     if project is not None:
         raise ValueError(f"project= is only for source='ee', not source={source!r}")
-    kind, mirror = _resolve_source(source, root)
-    available = cog.available_years(mirror)
-    missing = [y for y in years if y not in available]
-    if missing:
-        raise ValueError(
-            f"years {missing} are not in source {kind!r} ({mirror}); available years: {available}"
-        )
+    kind, mirror = _mirror_source(source, root, years)
     return _Source(kind, mirror, None)
 
 
@@ -479,7 +471,7 @@ def _mirror_cube(
     grid. Years without any file over the grid stay empty (NaN) instead of
     failing the group: the sites are checked one by one afterwards.
     """
-    from xembed.cube import _normalize_chunks
+    from xembed.cube import _chunk_sizes, _normalize_chunks, lazy_array
     from xembed.sources import cog
 
     assert source.root is not None
@@ -498,22 +490,14 @@ def _mirror_cube(
         plan = tuple(per_year)
     reader = cog.MosaicReader(grid, years, plan)
     spec = _normalize_chunks(chunks)
-    year_chunk, band_chunk = (
-        reader.shape[i] if spec[dim] in (-1, 0) else spec[dim]
-        for i, dim in enumerate(("year", "band"))
-    )
+    year_chunk, band_chunk, _, _ = _chunk_sizes(spec, reader.shape)
+    # the cell size itself, not clipped to the grid: chunks cut on the cell lines
     rows, cols = group.spatial_chunks(
         grid.height if spec["y"] in (-1, 0) else spec["y"],
         grid.width if spec["x"] in (-1, 0) else spec["x"],
     )
     chunk_tuple: Any = (year_chunk, band_chunk, rows, cols)
-    data = da.from_array(
-        reader,
-        chunks=chunk_tuple,
-        name="embeddings-" + tokenize(reader, chunk_tuple),
-        meta=np.empty((0, 0, 0, 0), dtype=np.float32),
-        asarray=False,
-    )
+    data = lazy_array(reader, chunk_tuple)
     emb = xr.DataArray(
         data,
         dims=("year", "band", "y", "x"),
@@ -759,11 +743,13 @@ class _Store:
             try:
                 frame = pd.read_parquet(part)
             except Exception as err:  # a damaged disk, not a half-written part
+                from xembed.sites import _stacklevel
+
                 warnings.warn(
                     f"ignoring unreadable store part {str(part)!r} ({_describe_error(err)}); "
-                    "its sites are computed again",
+                    "its sites are computed again (delete the file to silence this)",
                     UserWarning,
-                    stacklevel=3,
+                    stacklevel=_stacklevel(),
                 )
                 continue
             text = frame["site_id"].astype(str)

@@ -74,6 +74,46 @@ def _normalize_chunks(chunks: Mapping[str, int] | int | None) -> dict[str, int]:
     return merged
 
 
+def _chunk_sizes(spec: Mapping[str, int], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunk sizes of a ``(year, band, y, x)`` array of ``shape``: -1 or 0 mean whole."""
+    return tuple(
+        shape[i] if spec[dim] in (-1, 0) else min(spec[dim], shape[i])
+        for i, dim in enumerate(("year", "band", "y", "x"))
+    )
+
+
+def lazy_array(reader: Any, chunks: Any, *, token: Any = None, prefix: str = "embeddings-") -> Any:
+    """One dask task per chunk of ``reader`` (``shape``, ``dtype``, ``__getitem__``).
+
+    The name is a hash of ``token`` (default: the reader) and the chunks, so
+    the same site, years and files give the same graph. ``asarray=False``:
+    each task indexes the reader, which reads only that chunk.
+    """
+    return da.from_array(
+        reader,
+        chunks=chunks,
+        name=prefix + tokenize(reader if token is None else token, chunks),
+        meta=np.empty((0, 0, 0, 0), dtype=np.float32),
+        asarray=False,
+    )
+
+
+def _mirror_source(
+    source: str | os.PathLike[str], root: str | os.PathLike[str] | None, years: Iterable[int]
+) -> tuple[str, str]:
+    """(kind, root) of a mirror source that has every one of ``years``."""
+    from xembed.sources import cog
+
+    kind, mirror = _resolve_source(source, root)
+    available = cog.available_years(mirror)
+    missing = [y for y in years if y not in available]
+    if missing:
+        raise ValueError(
+            f"years {missing} are not in source {kind!r} ({mirror}); available years: {available}"
+        )
+    return kind, mirror
+
+
 def _resolve_source(
     source: str | os.PathLike[str], root: str | os.PathLike[str] | None
 ) -> tuple[str, str]:
@@ -343,13 +383,7 @@ def open_embeddings(
         )
     if project is not None:
         raise ValueError(f"project= is only for source='ee', not source={source!r}")
-    kind, mirror = _resolve_source(source, root)
-    available = cog.available_years(mirror)
-    missing = [y for y in years if y not in available]
-    if missing:
-        raise ValueError(
-            f"years {missing} are not in source {kind!r} ({mirror}); available years: {available}"
-        )
+    kind, mirror = _mirror_source(source, root, years)
     grid, geometry = _site_grid(site, buffer=buffer)
     try:
         plan = cog.plan_mosaic(mirror, grid, years)
@@ -359,17 +393,7 @@ def open_embeddings(
             raise
         raise DataNotFoundError(f"{err}. {hint}") from err
     reader = cog.MosaicReader(grid, years, plan)
-    chunk_tuple = tuple(
-        reader.shape[i] if chunk_spec[dim] in (-1, 0) else chunk_spec[dim]
-        for i, dim in enumerate(("year", "band", "y", "x"))
-    )
-    data = da.from_array(
-        reader,
-        chunks=chunk_tuple,
-        name="embeddings-" + tokenize(reader, chunk_tuple),
-        meta=np.empty((0, 0, 0, 0), dtype=np.float32),
-        asarray=False,
-    )
+    data = lazy_array(reader, _chunk_sizes(chunk_spec, reader.shape))
     return build_cube(
         data,
         grid,

@@ -33,7 +33,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import pyproj
 import xarray as xr
@@ -440,7 +439,14 @@ def open_embeddings_ee(
     ...     ds.embeddings.dims, ds.sizes["year"]
     (('year', 'band', 'y', 'x'), 3)
     """
-    from xembed.cube import _normalize_chunks, _normalize_years, _site_grid, build_cube
+    from xembed.cube import (
+        _chunk_sizes,
+        _normalize_chunks,
+        _normalize_years,
+        _site_grid,
+        build_cube,
+        lazy_array,
+    )
 
     site = as_site(where)
     years = _normalize_years(years)
@@ -452,10 +458,7 @@ def open_embeddings_ee(
     _widen_connection_pool(ee)
     grid, geometry = _site_grid(site, buffer=buffer)
     shape = (len(years), len(BANDS), grid.height, grid.width)
-    chunk_tuple = tuple(
-        shape[i] if chunk_spec[dim] in (-1, 0) else min(chunk_spec[dim], shape[i])
-        for i, dim in enumerate(("year", "band", "y", "x"))
-    )
+    chunk_tuple = _chunk_sizes(chunk_spec, shape)
     io_chunks = io_chunks_for(chunk_tuple[0], chunk_tuple[2], chunk_tuple[3])
     collection = build_collection(grid, years)
     t = grid.transform
@@ -495,13 +498,7 @@ def open_embeddings_ee(
         "ee", ee.data._get_state().cloud_api_base_url, site.id, site.geometry.wkb, grid, years
     )
     stack = _EarthEngineStack(xee_ds, years, site, grid, token)
-    data = da.from_array(
-        stack,
-        chunks=chunk_tuple,
-        name="embeddings-ee-" + tokenize(token, chunk_tuple),
-        meta=np.empty((0, 0, 0, 0), dtype=np.float32),
-        asarray=False,
-    )
+    data = lazy_array(stack, chunk_tuple, token=token, prefix="embeddings-ee-")
     return build_cube(
         data,
         grid,

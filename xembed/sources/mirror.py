@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from xembed.schema import BANDS, NODATA, dequantize, quantize
+from xembed.sources import cog
 
 __all__ = [
     "INDEX_COLUMNS",
@@ -66,22 +67,8 @@ __all__ = [
     "zone_longitudes",
 ]
 
-#: Columns of the mirror's index, in order.
-INDEX_COLUMNS: tuple[str, ...] = (
-    "path",
-    "crs",
-    "year",
-    "utm_zone",
-    "utm_west",
-    "utm_south",
-    "utm_east",
-    "utm_north",
-    "wgs84_west",
-    "wgs84_south",
-    "wgs84_east",
-    "wgs84_north",
-    "geometry",
-)
+#: Columns of the mirror's index, in order: those the reader needs, then the footprint.
+INDEX_COLUMNS: tuple[str, ...] = (*cog.INDEX_COLUMNS, "geometry")
 #: Width and height of the real mirror's files in pixels (a quarter EE image).
 MIRROR_FILE_SIZE = 8192
 #: The real mirror's internal tile size.
