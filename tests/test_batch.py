@@ -515,3 +515,16 @@ def test_a_site_far_larger_than_a_chunk_reduces_in_bounded_memory(big_mirror):
     # covered pixel (~105 MB measured): bounded by the site's area, not the cube's bytes
     assert peak_batch < cube_bytes / 3 and peak_batch < 25 * chunk_bytes, peak_batch
     np.testing.assert_allclose(table[list(BANDS)].to_numpy(), mean.values, atol=1e-5)
+
+
+def test_earth_engine_source_through_the_fake_server(demo_sites):
+    pytest.importorskip("ee")
+    pytest.importorskip("xee")
+    from xembed.testing import fake_earthengine
+
+    sites = [s for s in demo_sites if s.id in (3109, 3104)]
+    expected = extract(sites, [2021], progress=False)
+    with fake_earthengine(xembed.sample_root()):
+        got = extract(sites, [2021], source="ee", progress=False)
+    assert got.attrs["errors"].empty
+    np.testing.assert_allclose(got[list(BANDS)], expected[list(BANDS)], atol=1e-12)

@@ -533,9 +533,9 @@ def zonal_mean(
         keys, first = np.unique(key[order], return_index=True)
         last = np.r_[first[1:], order.size]
         buckets = []
-        for k, s, e in zip(keys.tolist(), first.tolist(), last.tolist(), strict=True):
+        for k, start, stop in zip(keys.tolist(), first.tolist(), last.tolist(), strict=True):
             bi, bj = divmod(k, n_col_blocks)
-            sel = order[s:e]
+            sel = order[start:stop]
             buckets.append(
                 (
                     bi,
@@ -560,7 +560,9 @@ def zonal_mean(
                     )
                     for bi, bj, s, r, c, w in buckets
                 ]
-                row.append(da.stack(partials).sum(axis=0) if partials else da.zeros(shape))
+                # A tree of sums, 8 partials at a time: memory stays a few partials.
+                total = da.stack(partials).sum(axis=0, split_every=8) if partials else None
+                row.append(da.zeros(shape) if total is None else total)
             pieces.append(row)
         sums = da.block(pieces)
     else:
@@ -568,10 +570,10 @@ def zonal_mean(
         values = np.asarray(data)
         sums = np.zeros((2, n_sites, n_years, n_bands))
         batch = max(1 << 10, (1 << 24) // max(1, n_years * n_bands))
-        for s in range(0, weight.size, batch):
-            e = s + batch
+        for start in range(0, weight.size, batch):
+            part = slice(start, start + batch)
             sums += _zonal_block(
-                values, site_idx[s:e], rows_all[s:e], cols_all[s:e], weight[s:e], n_sites
+                values, site_idx[part], rows_all[part], cols_all[part], weight[part], n_sites
             )
 
     def ratio(total: np.ndarray, weights: np.ndarray) -> np.ndarray:
