@@ -1286,3 +1286,19 @@ def test_property_similarity_matrix(means):
     assert ((finite >= -1) & (finite <= 1)).all()
     raw = ops.similarity_matrix(da_means, normalize=False).values
     np.testing.assert_allclose(raw, means @ means.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reducer", ["min", "max"])
+def test_min_max_on_chunks_outside_the_polygon_do_not_warn(reducer: str) -> None:
+    import warnings
+
+    from xembed.testing import make_cube
+
+    # 8 x 8 px chunks: the corner chunks hold no pixel of the polygon
+    cube = make_cube(shape=(32, 32), chunks={"y": 8, "x": 8}, clip=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ops.polygon_mean(cube, reducer=reducer).values
+    expected = ops.polygon_mean(cube.compute(), reducer=reducer).values
+    np.testing.assert_array_equal(got, expected)
+    assert np.isfinite(got).all()

@@ -245,8 +245,12 @@ def polygon_mean(
     elif reducer == "count":
         result = (weights * emb.notnull()).sum(dims)
     elif reducer in ("min", "max"):
-        inside = emb.where(weights > 0)
-        result = getattr(inside, reducer)(dims)
+        # Not nanmin/nanmax: on dask they warn "All-NaN slice" for every chunk
+        # outside the polygon. Embeddings are finite, so +-inf marks "no pixel".
+        fill = np.float32(np.inf if reducer == "min" else -np.inf)
+        inside = emb.where(weights > 0).fillna(fill)
+        result = getattr(inside, reducer)(dims, skipna=False)
+        result = result.where(result != fill)
     else:
         result = _median_over_pixels(emb, weights)
     if normalize:
