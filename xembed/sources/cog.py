@@ -637,21 +637,28 @@ def plan_mosaic(
     # Resolve file locations only for the few rows that matter.
     chosen = _with_hrefs(root, chosen[shapely.intersects(chosen["footprint"].to_numpy(), box)])
     grid_crs = grid.crs.to_string()
+    # Plain tuples of the columns used, sorted by path (the mosaic order):
+    # pandas selections per year cost more than the rest of the plan.
+    columns = ["year", "crs", "utm_west", "utm_east", "utm_south", "utm_north", "href"]
+    chosen = chosen.sort_values("path", kind="stable")
+    records = list(zip(*(chosen[c].tolist() for c in columns), strict=True))
     plan: list[tuple[Tile, ...]] = []
     empty: list[int] = []
     for year in years:
-        rows = chosen[chosen["year"] == year].sort_values("path")
         tiles = []
-        for row in rows.itertuples():
+        for file_year, crs, west, east, south, north, href in records:
             # Same-zone files are filtered exactly by their UTM bounds.
-            if str(row.crs) == grid_crs and not (
-                row.utm_west < grid.east
-                and row.utm_east > grid.west
-                and row.utm_south < grid.north
-                and row.utm_north > grid.south
+            if file_year != year or (
+                str(crs) == grid_crs
+                and not (
+                    west < grid.east
+                    and east > grid.west
+                    and south < grid.north
+                    and north > grid.south
+                )
             ):
                 continue
-            tiles.append(_tile(str(row.href)))
+            tiles.append(_tile(str(href)))
         if not tiles:
             empty.append(int(year))
         plan.append(tuple(tiles))
