@@ -112,3 +112,20 @@ def test_no_seam_along_the_zone_boundary(references):
             continue
         inside = ds.coverage.values > 0
         assert not np.isnan(reference[:, :, inside]).any(), f"site {site_id} has a seam"
+
+
+def test_similarity_matrix_of_every_demo_site():
+    """Issue 3's check on real (sample) sites: cosine matrix symmetric with
+    diagonal 1; the raw matrix's diagonal is each yearly mean's squared norm,
+    the dot product computed here by hand in float64 from the means."""
+    for site in xembed.demo_sites():
+        ds = xembed.open_embeddings(site, YEARS)
+        means = ds.embed.polygon_mean().values.astype(np.float64)
+        sim = ds.embed.similarity_matrix().values
+        raw = ds.embed.similarity_matrix(normalize=False).values
+        np.testing.assert_array_equal(sim, sim.T)
+        np.testing.assert_array_equal(np.diag(sim), 1.0)
+        np.testing.assert_allclose(np.diag(raw), np.einsum("yb,yb->y", means, means), rtol=1e-6)
+        norms = np.sqrt(np.diag(raw))
+        np.testing.assert_allclose(sim, raw / np.outer(norms, norms), atol=1e-6)
+        assert (np.diag(raw) < 1).all(), site.id  # means of unit vectors are shorter
