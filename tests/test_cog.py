@@ -276,3 +276,18 @@ def test_index_runs_become_slices(index, expected):
         assert got == expected
         data = np.arange(10) * 3
         np.testing.assert_array_equal(data[got], data[index])
+
+
+def test_reader_integer_keys_like_numpy(root):
+    from xembed.cube import _site_grid
+
+    site = image_box(**SAME_ZONE)
+    grid, _ = _site_grid(xembed.sites.as_site(site), buffer=0)
+    reader = cog.MosaicReader(grid, YEARS, cog.plan_mosaic(root, grid, YEARS))
+    whole = reader[:]
+    assert whole.shape == reader.shape
+    np.testing.assert_array_equal(reader[-1], whole[-1])  # negative: from the end
+    np.testing.assert_array_equal(reader[0, 5, -1], whole[0, 5, -1])
+    np.testing.assert_array_equal(reader[:, [1, 3], 2:4], whole[:, [1, 3], 2:4])
+    with pytest.raises(IndexError, match="out of bounds for axis 0"):
+        reader[len(YEARS)]

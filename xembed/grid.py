@@ -19,13 +19,14 @@ import pyproj
 import shapely
 
 from xembed.errors import SiteError
-from xembed.schema import PIXEL_SIZE
+from xembed.schema import BANDS, PIXEL_SIZE
 
 __all__ = [
     "MAX_LON_SPAN",
     "MAX_PIXELS",
     "UTM_NORTH",
     "UTM_SOUTH",
+    "CubeStack",
     "Grid",
     "coverage_fraction",
     "project",
@@ -336,6 +337,52 @@ class Grid:
     def y(self) -> np.ndarray:
         """Pixel-centre y coordinates, north to south (descending, float64)."""
         return self.north - self.res * (np.arange(self.height, dtype=np.float64) + 0.5)
+
+
+class CubeStack:
+    """What the sources' lazy readers share: a ``(year, band, y, x)`` float32
+    array over ``grid`` for ``years``, indexed by dask one chunk at a time.
+
+    Subclasses (dataclasses) provide ``grid`` and ``years`` and read in
+    ``__getitem__`` after :meth:`_expand_key`.
+    """
+
+    grid: Grid
+    years: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.years), len(BANDS), self.grid.height, self.grid.width)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(np.float32)
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    def _expand_key(self, key: Any) -> tuple[tuple[Any, ...], tuple[int, ...]]:
+        """``key`` as 4 entries with integers made length-1 slices, and the axes to squeeze.
+
+        >>> stack = CubeStack()
+        >>> stack.grid = Grid("EPSG:32722", west=0.0, north=100.0, width=4, height=3)
+        >>> stack.years = (2020, 2021)
+        >>> key, squeeze = stack._expand_key((-1, slice(2, 4)))
+        >>> key[:2], len(key), squeeze
+        ((slice(1, 2, None), slice(2, 4, None)), 4, (0,))
+        """
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (4 - len(key))
+        squeeze = tuple(i for i, k in enumerate(key) if isinstance(k, (int, np.integer)))
+        expanded = list(key)
+        for axis in squeeze:
+            size, index = self.shape[axis], int(key[axis])
+            if not -size <= index < size:
+                raise IndexError(f"index {index} is out of bounds for axis {axis} of size {size}")
+            index %= size
+            expanded[axis] = slice(index, index + 1)
+        return tuple(expanded), squeeze
 
 
 def _snap_down(q: float) -> int:

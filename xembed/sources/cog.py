@@ -57,7 +57,7 @@ import pyproj
 import shapely
 
 from xembed.errors import DataNotFoundError, ReadError, SourceError
-from xembed.grid import Grid
+from xembed.grid import CubeStack, Grid
 from xembed.schema import BANDS, NODATA, dequantize
 
 __all__ = [
@@ -776,7 +776,7 @@ def _as_run(index: np.ndarray) -> slice | np.ndarray:
 
 
 @dataclass(frozen=True)
-class MosaicReader:
+class MosaicReader(CubeStack):
     """A lazily indexed ``(year, band, y, x)`` float32 array over a mirror.
 
     Indexing it reads and mosaics only what the key selects; dask wraps it
@@ -792,28 +792,11 @@ class MosaicReader:
         grid = (self.grid.crs.to_string(), self.grid.west, self.grid.north, self.grid.shape)
         return ("xembed.MosaicReader", grid, self.years, self.plan)
 
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.years), len(BANDS), self.grid.height, self.grid.width)
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        return np.dtype(np.float32)
-
-    @property
-    def ndim(self) -> int:
-        return 4
-
     def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (4 - len(key))
+        key, squeeze = self._expand_key(key)
         year_index = np.arange(self.shape[0])[key[0]]
         band_index = np.arange(self.shape[1])[key[1]]
         rows, cols = key[2], key[3]
-        squeeze = [i for i, k in enumerate(key) if isinstance(k, (int, np.integer))]
-        year_index, band_index = np.atleast_1d(year_index), np.atleast_1d(band_index)
-        rows = slice(rows, rows + 1) if isinstance(rows, (int, np.integer)) else rows
-        cols = slice(cols, cols + 1) if isinstance(cols, (int, np.integer)) else cols
         grid_crs = self.grid.crs.to_string()
         height = len(range(*rows.indices(self.grid.height)))
         width = len(range(*cols.indices(self.grid.width)))

@@ -39,7 +39,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from xembed.errors import DataNotFoundError, EarthEngineError, SourceError
-from xembed.grid import Grid
+from xembed.grid import CubeStack, Grid
 from xembed.schema import BANDS, COLLECTION
 from xembed.sites import Site, as_site
 
@@ -291,7 +291,7 @@ def _describe(site: Site, years: Iterable[int]) -> str:
 
 
 @dataclass(frozen=True, eq=False)
-class _EarthEngineStack:
+class _EarthEngineStack(CubeStack):
     """A lazily indexed ``(year, band, y, x)`` float32 array over Xee's variables.
 
     Indexing it sends one ``computePixels`` request per selected band (Xee
@@ -308,27 +308,10 @@ class _EarthEngineStack:
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return ("xembed._EarthEngineStack", self.token)
 
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.years), len(BANDS), self.grid.height, self.grid.width)
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        return np.dtype(np.float32)
-
-    @property
-    def ndim(self) -> int:
-        return 4
-
     def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (4 - len(key))
-        if not all(isinstance(k, (slice, int, np.integer)) for k in key):
+        key, squeeze = self._expand_key(key)
+        if not all(isinstance(k, slice) for k in key):
             raise TypeError(f"only basic indexing is supported, got {key!r}")
-        squeeze = tuple(i for i, k in enumerate(key) if isinstance(k, (int, np.integer)))
-        key = tuple(
-            slice(int(k), int(k) + 1) if isinstance(k, (int, np.integer)) else k for k in key
-        )
         year_index = range(*key[0].indices(self.shape[0]))
         band_index = range(*key[1].indices(self.shape[1]))
         rows = range(*key[2].indices(self.shape[2]))
