@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import platform
@@ -232,3 +233,14 @@ def command_line() -> str:
     if spec is None:
         return " ".join(["python", *sys.argv])
     return " ".join(["python -m", spec.name, *sys.argv[1:]])
+
+
+def add_idle_timeout(parser: argparse.ArgumentParser, default: float = 30.0) -> None:
+    """The ``--idle-timeout`` option every benchmark shares (see :func:`wait_for_idle`)."""
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=default,
+        help="before each run wait up to this many seconds for the CPUs to be idle "
+        f"(other processes); 0: do not wait (default {default:g})",
+    )

@@ -49,7 +49,15 @@ from typing import Any
 import numpy as np
 
 from benchmarks import memory
-from benchmarks._util import Measurement, command_line, dask_threads, machine, mib, table
+from benchmarks._util import (
+    Measurement,
+    add_idle_timeout,
+    command_line,
+    dask_threads,
+    machine,
+    mib,
+    table,
+)
 
 # --- sites ---------------------------------------------------------------------------------
 
@@ -216,9 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunks", type=int, help="extract's spatial chunk size (default 256)")
     parser.add_argument("--no-cluster", action="store_true", help="skip the LocalCluster run")
     parser.add_argument("--no-loop", action="store_true", help="skip the per-site loop")
-    parser.add_argument(
-        "--idle-timeout", type=float, default=60.0, help="wait up to this for an idle machine"
-    )
+    add_idle_timeout(parser, default=60.0)
     args = parser.parse_args(argv)
 
     import xembed

@@ -61,6 +61,7 @@ import xarray as xr
 from benchmarks._util import (
     Measurement,
     PeakRSS,
+    add_idle_timeout,
     command_line,
     dask_threads,
     machine,
@@ -365,13 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="run naive xarray on this many rows only, time scaled per pixel (default: all)",
     )
-    parser.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=30.0,
-        help="before each run wait up to this many seconds for the CPUs to be idle "
-        "(other processes); 0: do not wait (default 30)",
-    )
+    add_idle_timeout(parser)
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -48,6 +48,7 @@ import numpy as np
 
 from benchmarks._util import (
     Measurement,
+    add_idle_timeout,
     command_line,
     dask_threads,
     machine,
@@ -233,13 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         help="GDAL configuration for every method (global, so the dask threads see it too), "
         "e.g. GTIFF_DIRECT_IO=YES; repeatable (default: GDAL's defaults)",
     )
-    parser.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=30.0,
-        help="before each run wait up to this many seconds for the CPUs to be idle "
-        "(other processes); 0: do not wait (default 30)",
-    )
+    add_idle_timeout(parser)
     parser.add_argument(
         "--quick",
         action="store_true",
