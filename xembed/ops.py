@@ -1174,7 +1174,13 @@ def rgb(
 
 
 def _sample_pixels(emb: xr.DataArray, n: int, seed: int, years: Sequence[int] | None):
-    """A random sample of (lazy) pixel vectors, shape (n, bands), possibly with NaN rows."""
+    """A random sample of (lazy) pixel vectors, shape (n, bands), possibly with NaN rows.
+
+    ``years``: the ``fit_on`` years to sample from (checked), or None for all.
+    """
+    if years is not None:
+        for y in years:
+            _year_position(emb, y, "fit_on year")
     sel = emb if years is None else emb.sel(year=list(years))
     n_years, _, ny, nx = sel.shape
     total = n_years * ny * nx
@@ -1294,9 +1300,6 @@ def pca_rgb(
     if not (0 <= percentiles[0] < percentiles[1] <= 100):
         raise ValueError(f"percentiles must be (low, high) within 0..100, got {percentiles!r}")
     emb = _embeddings(obj)
-    if fit_on is not None:
-        for y in fit_on:
-            _year_position(emb, y, "fit_on year")
     samples = _sample_pixels(emb, sample, seed, fit_on)
 
     def fit(s: np.ndarray) -> dict[str, np.ndarray]:
@@ -1403,9 +1406,6 @@ def kmeans(
     if int(k) < 1:
         raise ValueError(f"k must be a positive number of clusters, got {k!r}")
     emb = _embeddings(obj)
-    if fit_on is not None:
-        for y in fit_on:
-            _year_position(emb, y, "fit_on year")
     samples = _sample_pixels(emb, sample, seed, fit_on)
     labels, _ = _apply_fitted(
         emb,
