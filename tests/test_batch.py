@@ -192,7 +192,7 @@ def test_chunks_under_no_site_are_never_read(monkeypatch):
     (group,), _ = batch.group_sites(sites)  # cells of 256 px link them
     rows, cols = group.spatial_chunks(16, 16)
     assert len(rows) * len(cols) >= 80
-    src = batch._resolve("sample", None, None, (2020,))
+    src = xembed.cube.resolve_source("sample", years=(2020,))
     lazy = batch._lazy_group(group, src, (2020,), ("mean",), 16)
     log = ReadLog(monkeypatch)
     (means,) = lazy.compute()
@@ -204,7 +204,7 @@ def test_planning_reads_nothing_and_computes_nothing(demo_sites, monkeypatch):
     def refuse(*args):
         raise AssertionError("planning must not read pixels")
 
-    src = batch._resolve("sample", None, None, (2019, 2020))
+    src = xembed.cube.resolve_source("sample", years=(2019, 2020))
     groups, failed = batch.group_sites(
         demo_sites, lattice=lambda crs: batch.mirror_lattice(str(src.root), crs)
     )

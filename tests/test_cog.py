@@ -279,10 +279,10 @@ def test_index_runs_become_slices(index, expected):
 
 
 def test_reader_integer_keys_like_numpy(root):
-    from xembed.cube import _site_grid
+    from xembed.sources.common import site_grid
 
     site = image_box(**SAME_ZONE)
-    grid, _ = _site_grid(xembed.sites.as_site(site), buffer=0)
+    grid, _ = site_grid(xembed.sites.as_site(site), buffer=0)
     reader = cog.MosaicReader(grid, YEARS, cog.plan_mosaic(root, grid, YEARS))
     whole = reader[:]
     assert whole.shape == reader.shape

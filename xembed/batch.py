@@ -80,11 +80,13 @@ import pandas as pd
 import shapely
 import xarray as xr
 
+from xembed._util import stacklevel
+from xembed.cube import Source, resolve_source
 from xembed.errors import DataNotFoundError
 from xembed.grid import Grid, coverage_fraction, target_grid
 from xembed.ops import REDUCERS, Reducer, polygon_mean, zonal_mean
 from xembed.schema import BANDS, PIXEL_SIZE
-from xembed.sites import Site
+from xembed.sites import Site, as_sites
 
 __all__ = [
     "GROUP_CELL",
@@ -389,15 +391,7 @@ def mirror_lattice(root: str, crs: str) -> Lattice:
 
 def _as_sites(sites: Any) -> list[Site]:
     """A list of Sites from a path, a GeoDataFrame, one site, or an iterable of sites."""
-    from xembed.ops import _site_list
-    from xembed.sites import as_site, load_sites
-
-    if isinstance(sites, (str, os.PathLike)):
-        out = load_sites(sites)
-    elif isinstance(sites, (Site, shapely.Geometry)):
-        out = [as_site(sites)]
-    else:
-        out = _site_list(sites)
+    out = as_sites(sites)
     if not out:
         raise ValueError("sites is empty; pass at least one site (e.g. xembed.demo_sites())")
     seen: dict[str, Any] = {}
@@ -430,40 +424,11 @@ def _site_hash(site: Site) -> str:
     return hashlib.sha1(shapely.to_wkb(site.geometry, hex=True).encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class _Source:
-    """Where the data comes from: a mirror folder/URL (``cog``) or Earth Engine."""
-
-    kind: str  # "sample", "cog" or "ee"
-    root: str | None
-    project: str | None
-
-    @property
-    def is_mirror(self) -> bool:
-        return self.kind != "ee"
-
-    def describe(self) -> dict[str, Any]:
-        return {"source": self.kind, "root": self.root, "project": self.project}
-
-
-def _resolve(source: Any, root: Any, project: str | None, years: tuple[int, ...]) -> _Source:
-    from xembed.cube import _mirror_source
-
-    if source == "ee":
-        if root is not None:
-            raise ValueError("root= is for mirror sources; source='ee' reads Earth Engine")
-        return _Source("ee", None, project)
-    if project is not None:
-        raise ValueError(f"project= is only for source='ee', not source={source!r}")
-    kind, mirror = _mirror_source(source, root, years)
-    return _Source(kind, mirror, None)
-
-
 # --------------------------------------------------------------------------- cubes
 
 
 def _mirror_cube(
-    source: _Source, group: Group, years: tuple[int, ...], chunks: Mapping[str, int] | int | None
+    source: Source, group: Group, years: tuple[int, ...], chunks: Mapping[str, int] | int | None
 ) -> xr.DataArray:
     """Lazy ``(year, band, y, x)`` embeddings of a mirror over ``grid`` (not clipped).
 
@@ -471,8 +436,8 @@ def _mirror_cube(
     grid. Years without any file over the grid stay empty (NaN) instead of
     failing the group: the sites are checked one by one afterwards.
     """
-    from xembed.cube import _chunk_sizes, _normalize_chunks, lazy_array
     from xembed.sources import cog
+    from xembed.sources.common import chunk_sizes, lazy_array, normalize_chunks
 
     assert source.root is not None
     grid = group.grid
@@ -489,8 +454,8 @@ def _mirror_cube(
             raise  # nothing at all under the group: each site fails with this message
         plan = tuple(per_year)
     reader = cog.MosaicReader(grid, years, plan)
-    spec = _normalize_chunks(chunks)
-    year_chunk, band_chunk, _, _ = _chunk_sizes(spec, reader.shape)
+    spec = normalize_chunks(chunks)
+    year_chunk, band_chunk, _, _ = chunk_sizes(spec, reader.shape)
     # the cell size itself, not clipped to the grid: chunks cut on the cell lines
     rows, cols = group.spatial_chunks(
         grid.height if spec["y"] in (-1, 0) else spec["y"],
@@ -526,9 +491,9 @@ def _site_cube(emb: xr.DataArray, group: Group, member: Member) -> xr.Dataset:
 
 def _cells(chunks: Mapping[str, int] | int | None) -> tuple[int, int]:
     """Group cells for these chunks: one cell per chunk (``-1``: the default size)."""
-    from xembed.cube import _normalize_chunks
+    from xembed.sources.common import normalize_chunks
 
-    spec = _normalize_chunks(chunks)
+    spec = normalize_chunks(chunks)
     return (
         spec["y"] if spec["y"] > 0 else GROUP_CELL,
         spec["x"] if spec["x"] > 0 else GROUP_CELL,
@@ -541,7 +506,7 @@ def _collect(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
 
 def _lazy_group(
     group: Group,
-    source: _Source,
+    source: Source,
     years: tuple[int, ...],
     stats: tuple[str, ...],
     chunks: Mapping[str, int] | int | None,
@@ -618,7 +583,7 @@ def _no_data_years(values: Sequence[np.ndarray], index: int, stats: tuple[str, .
 
 
 def _missing_file_years(
-    source: _Source, member: Member, years: tuple[int, ...], candidates: list[int]
+    source: Source, member: Member, years: tuple[int, ...], candidates: list[int]
 ) -> dict[int, str]:
     """Of the years (positions) without a valid pixel, those without any file.
 
@@ -644,7 +609,7 @@ def _missing_file_years(
 def _outcome(
     group: Group,
     values: Sequence[np.ndarray],
-    source: _Source,
+    source: Source,
     years: tuple[int, ...],
     stats: tuple[str, ...],
 ) -> _Outcome:
@@ -667,7 +632,7 @@ def _outcome(
 def _safe_outcome(
     group: Group,
     values: Sequence[np.ndarray],
-    source: _Source,
+    source: Source,
     years: tuple[int, ...],
     stats: tuple[str, ...],
 ) -> _Outcome:
@@ -743,13 +708,11 @@ class _Store:
             try:
                 frame = pd.read_parquet(part)
             except Exception as err:  # a damaged disk, not a half-written part
-                from xembed.sites import _stacklevel
-
                 warnings.warn(
                     f"ignoring unreadable store part {str(part)!r} ({_describe_error(err)}); "
                     "its sites are computed again (delete the file to silence this)",
                     UserWarning,
-                    stacklevel=_stacklevel(),
+                    stacklevel=stacklevel(),
                 )
                 continue
             text = frame["site_id"].astype(str)
@@ -829,7 +792,7 @@ def _workers(client: Any) -> int:
 
 def _run(
     groups: list[Group],
-    source: _Source,
+    source: Source,
     years: tuple[int, ...],
     stats: tuple[str, ...],
     chunks: Mapping[str, int] | int | None,
@@ -880,7 +843,7 @@ def _run(
 def _run_distributed(
     groups: list[Group],
     lazy: Any,
-    source: _Source,
+    source: Source,
     years: tuple[int, ...],
     stats: tuple[str, ...],
     client: Any,
@@ -1029,12 +992,12 @@ def extract(
     >>> table.attrs["errors"].empty
     True
     """
-    from xembed.cube import _normalize_years
+    from xembed.sources.common import normalize_years
 
     site_list = _as_sites(sites)
-    years = _normalize_years(years)
+    years = normalize_years(years)
     stats = _normalize_stats(stats)
-    src = _resolve(source, root, project, years)
+    src = resolve_source(source, root=root, project=project, years=years)
     id_type = "int" if all(isinstance(s.id, int) for s in site_list) else "str"
     hashes = [_site_hash(s) for s in site_list]
 
@@ -1165,8 +1128,6 @@ def _errors_frame(
 
 
 def _warn(errors: pd.DataFrame, n_sites: int) -> None:
-    from xembed.sites import _stacklevel
-
     whole = errors[errors["year"].isna()]
     failed_sites = errors["site_id"].nunique()
     listed = []
@@ -1180,5 +1141,5 @@ def _warn(errors: pd.DataFrame, n_sites: int) -> None:
         "other site and year; the failures are in table.attrs['errors'] (re-run with the "
         "same store= to retry only them)",
         UserWarning,
-        stacklevel=_stacklevel(),
+        stacklevel=stacklevel(),
     )

@@ -414,6 +414,19 @@ class Site(_sites.Site):
         super().__post_init__()
         object.__setattr__(self, "geometry", EEGeometry(self.geometry))
 
+    def extract_continuous(
+        self,
+        collection: str,
+        start_date: Any,
+        end_date: Any,
+        reducer: str = "mean",
+        frequency: str = "yearly",
+    ) -> Any:
+        """The original notebook's call; see :func:`xembed.compat.extract_continuous`."""
+        return extract_continuous(
+            self, collection, start_date, end_date, reducer=reducer, frequency=frequency
+        )
+
 
 def _compat_site(site: _sites.Site) -> Site:
     return Site(site.id, site.start_year, _unwrap(site.geometry), site.properties)

@@ -4,144 +4,131 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import dask.array as da
-import numpy as np
-import rioxarray  # noqa: F401  (registers .rio, used to write the CRS)
 import shapely
 import xarray as xr
-from dask.base import tokenize
 
-from xembed.errors import DataNotFoundError, SiteError, SourceError
-from xembed.grid import Grid, coverage_fraction, target_grid, utm_zone_name
-from xembed.schema import (
-    ATTRIBUTION,
-    BANDS,
-    COLLECTION,
-    FIRST_YEAR,
-    LICENSE,
-    last_possible_year,
+from xembed.errors import DataNotFoundError, SourceError
+from xembed.sites import Site
+from xembed.sources.common import (
+    DEFAULT_CHUNKS,
+    normalize_years,
+    site_cube,
+    site_request,
 )
-from xembed.sites import Site, as_site
 
-__all__ = ["DEFAULT_CHUNKS", "SOURCES", "open_embeddings"]
+__all__ = ["DEFAULT_CHUNKS", "SOURCES", "Source", "open_embeddings", "resolve_source"]
 
-#: All years and all bands in one chunk, space tiled: cross-year analyses
-#: then need no rechunk, and a task reads one window of each year's file.
-#: 8 years x 64 bands x 256 x 256 float32 = 134 MB per chunk.
-DEFAULT_CHUNKS: dict[str, int] = {"year": -1, "band": -1, "y": 256, "x": 256}
 #: Names ``source=`` accepts (besides a path to a local mirror folder).
 SOURCES = ("sample", "cog", "ee")
 
 
-def _normalize_years(years: int | Iterable[int]) -> tuple[int, ...]:
-    if isinstance(years, (int, np.integer)):
-        years = [int(years)]
-    try:
-        out = tuple(int(y) for y in years)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"years must be an int, a range or an iterable of ints, got {years!r}"
-        ) from err
-    if not out:
-        raise ValueError("years is empty; pass e.g. range(2018, 2025)")
-    if len(set(out)) != len(out):
-        raise ValueError(f"years {list(out)} repeat a year; pass each year once")
-    bad = [y for y in out if y < FIRST_YEAR or y > last_possible_year()]
-    if bad:
-        raise ValueError(
-            f"years {bad} are outside the collection, which starts in {FIRST_YEAR} and "
-            f"cannot go past {last_possible_year()}; pass years from {FIRST_YEAR} on, e.g. "
-            f"range({FIRST_YEAR}, {last_possible_year()})"
-        )
-    return out
+def is_source_path(source: Any) -> bool:
+    """Whether ``source=`` names a mirror folder or URL rather than one of :data:`SOURCES`.
 
-
-def _normalize_chunks(chunks: Mapping[str, int] | int | None) -> dict[str, int]:
-    merged = dict(DEFAULT_CHUNKS)
-    if chunks is None:
-        return merged
-    if isinstance(chunks, (int, np.integer)):
-        merged.update(y=int(chunks), x=int(chunks))
-        return merged
-    unknown = sorted(set(chunks) - set(merged))
-    if unknown:
-        raise ValueError(
-            f"chunks has unknown dimensions {unknown}; expected some of {list(merged)}"
-        )
-    merged.update({k: int(v) for k, v in chunks.items()})
-    return merged
-
-
-def _chunk_sizes(spec: Mapping[str, int], shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Chunk sizes of a ``(year, band, y, x)`` array of ``shape``: -1 or 0 mean whole."""
-    return tuple(
-        shape[i] if spec[dim] in (-1, 0) else min(spec[dim], shape[i])
-        for i, dim in enumerate(("year", "band", "y", "x"))
-    )
-
-
-def lazy_array(reader: Any, chunks: Any, *, token: Any = None, prefix: str = "embeddings-") -> Any:
-    """One dask task per chunk of ``reader`` (``shape``, ``dtype``, ``__getitem__``).
-
-    The name is a hash of ``token`` (default: the reader) and the chunks, so
-    the same site, years and files give the same graph. ``asarray=False``:
-    each task indexes the reader, which reads only that chunk.
+    Examples
+    --------
+    >>> is_source_path("sample"), is_source_path("/data/aef"), is_source_path("https://x/aef")
+    (False, True, True)
     """
-    return da.from_array(
-        reader,
-        chunks=chunks,
-        name=prefix + tokenize(reader if token is None else token, chunks),
-        meta=np.empty((0, 0, 0, 0), dtype=np.float32),
-        asarray=False,
-    )
-
-
-def _mirror_source(
-    source: str | os.PathLike[str], root: str | os.PathLike[str] | None, years: Iterable[int]
-) -> tuple[str, str]:
-    """(kind, root) of a mirror source that has every one of ``years``."""
-    from xembed.sources import cog
-
-    kind, mirror = _resolve_source(source, root)
-    available = cog.available_years(mirror)
-    missing = [y for y in years if y not in available]
-    if missing:
-        raise ValueError(
-            f"years {missing} are not in source {kind!r} ({mirror}); available years: {available}"
-        )
-    return kind, mirror
-
-
-def _resolve_source(
-    source: str | os.PathLike[str], root: str | os.PathLike[str] | None
-) -> tuple[str, str]:
-    """(kind, root) for a ``source=`` argument."""
-    from xembed.sources import cog, sample
-
-    if isinstance(source, os.PathLike) or (
+    return isinstance(source, os.PathLike) or (
         isinstance(source, str)
         and source not in SOURCES
-        and (os.sep in source or os.path.isdir(source))
-    ):
-        return "cog", str(source)
-    if source == "sample":
-        return "sample", str(root or sample.sample_root())
-    if source == "cog":
-        return "cog", str(root or cog.DEFAULT_ROOT)
-    raise SourceError(
-        f"unknown source {source!r}; expected one of {list(SOURCES)} or the path of a local "
-        "mirror folder (one holding aef_index.parquet)"
+        and (os.sep in source or "://" in source or os.path.isdir(source))
     )
 
 
-def _site_grid(site: Site, *, buffer: float = 0.0) -> tuple[Grid, Any]:
-    """:func:`xembed.grid.target_grid` of a site, its errors prefixed with the site's id."""
-    try:
-        return target_grid(site.geometry, buffer=buffer)
-    except SiteError as err:
-        raise SiteError(f"site {site.id!r}: {err}") from err
+def check_source_name(source: Any) -> None:
+    """Raise :class:`~xembed.errors.SourceError` unless ``source=`` is a known name or a path."""
+    if not is_source_path(source) and source not in SOURCES:
+        raise SourceError(
+            f"unknown source {source!r}; expected one of {list(SOURCES)} or the path of a "
+            "local mirror folder (one holding aef_index.parquet)"
+        )
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the data comes from: a mirror folder/URL (``sample``, ``cog``) or Earth Engine."""
+
+    kind: str  # "sample", "cog" or "ee"
+    root: str | None  # the mirror's folder or URL (None for "ee")
+    project: str | None  # the Cloud project (only for "ee")
+
+    @property
+    def is_mirror(self) -> bool:
+        return self.kind != "ee"
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.kind, "root": self.root, "project": self.project}
+
+
+def resolve_source(
+    source: str | os.PathLike[str] = "sample",
+    *,
+    root: str | os.PathLike[str] | None = None,
+    project: str | None = None,
+    years: tuple[int, ...] | None = None,
+) -> Source:
+    """The one parser of ``source=`` / ``root=`` / ``project=``, for every entry point.
+
+    Parameters
+    ----------
+    source : {"sample", "cog", "ee"} or path
+        A path (or URL) is a mirror folder, read like ``"cog"``.
+    root, project
+        As for :func:`open_embeddings`.
+    years : tuple of int, optional
+        When given, a mirror must hold every one of them.
+
+    Raises
+    ------
+    xembed.errors.SourceError
+        For an unknown source name.
+    ValueError
+        For ``root=`` with ``"ee"``, ``project=`` with a mirror, or years the
+        mirror lacks (the message lists the available ones).
+
+    Examples
+    --------
+    >>> resolve_source("cog", root="/data/aef")
+    Source(kind='cog', root='/data/aef', project=None)
+    >>> resolve_source("ee", project="my-project").describe()["project"]
+    'my-project'
+    """
+    check_source_name(source)
+    if source == "ee":
+        if root is not None:
+            raise ValueError(
+                "root= is for mirror sources; source='ee' reads Earth Engine's collection "
+                "(pass project= to choose the Cloud project)"
+            )
+        return Source("ee", None, project)
+    if project is not None:
+        raise ValueError(f"project= is only for source='ee', not source={source!r}")
+    if is_source_path(source):
+        kind, mirror = "cog", os.fspath(source)
+    elif source == "sample":
+        from xembed.sources import sample
+
+        kind, mirror = "sample", str(root or sample.sample_root())
+    else:
+        from xembed.sources import cog
+
+        kind, mirror = "cog", str(root or cog.DEFAULT_ROOT)
+    if years is not None:
+        from xembed.sources import cog
+
+        available = cog.available_years(mirror)
+        missing = [y for y in years if y not in available]
+        if missing:
+            raise ValueError(
+                f"years {missing} are not in source {kind!r} ({mirror}); "
+                f"available years: {available}"
+            )
+    return Source(kind, str(mirror), None)
 
 
 def _footprint_hint(site: Site, mirror: str) -> str | None:
@@ -174,79 +161,6 @@ def _footprint_hint(site: Site, mirror: str) -> str | None:
     )
 
 
-def build_cube(
-    data: da.Array,
-    grid: Grid,
-    geometry: Any,
-    years: tuple[int, ...],
-    *,
-    site: Site,
-    clip: bool,
-    attrs: Mapping[str, Any],
-) -> xr.Dataset:
-    """Wrap a lazy ``(year, band, y, x)`` array in the cube schema.
-
-    Every source calls this, so every source returns the same cube.
-
-    Raises
-    ------
-    SiteError
-        If the site covers no pixel at all (coverage 0 everywhere, e.g. a
-        sliver far thinner than a pixel): it has nothing to average. A site
-        smaller than a pixel is fine: its cube has pixels with fractional
-        coverage.
-    """
-    coverage = coverage_fraction(geometry, grid)
-    if not coverage.any():
-        raise SiteError(
-            f"site {site.id!r} covers no {grid.res:g} m pixel: its coverage is 0 in every "
-            f"pixel of its {grid.height} x {grid.width} grid (area {geometry.area:.3g} m² in "
-            f"{grid.crs.to_string()}), so it has no pixels to average; check the geometry "
-            "(a sliver or a collapsed ring?), or give it an area, e.g. buffer it by a few "
-            "metres in its UTM zone (xembed.grid.utm_crs, xembed.grid.project)"
-        )
-    coords = {
-        "year": ("year", np.asarray(years, dtype=np.int64)),
-        "band": ("band", np.asarray(BANDS)),
-        "y": ("y", grid.y, {"units": "metre", "standard_name": "projection_y_coordinate"}),
-        "x": ("x", grid.x, {"units": "metre", "standard_name": "projection_x_coordinate"}),
-    }
-    embeddings = xr.DataArray(
-        data,
-        dims=("year", "band", "y", "x"),
-        coords=coords,
-        name="embeddings",
-        attrs={"long_name": "AlphaEarth Foundations embedding", "units": "1"},
-    )
-    cov = xr.DataArray(
-        coverage,
-        dims=("y", "x"),
-        coords={"y": coords["y"], "x": coords["x"]},
-        name="coverage",
-        attrs={"long_name": "fraction of the pixel inside the site polygon", "units": "1"},
-    )
-    if clip:
-        # Lazy: a dask `where` against an in-memory mask.
-        embeddings = embeddings.where(cov > 0)
-    ds = xr.Dataset({"embeddings": embeddings, "coverage": cov})
-    ds.attrs = {
-        "title": "AlphaEarth Foundations satellite embeddings",
-        "collection": COLLECTION,
-        "version": "V1",
-        "site_id": str(site.id),
-        "site_start_year": -1 if site.start_year is None else int(site.start_year),
-        "site_geometry_wkt": site.geometry.wkt,
-        "utm_zone": utm_zone_name(grid.crs),
-        "buffer_m": float(attrs.get("buffer_m", 0.0)),
-        "clipped": int(clip),
-        "license": LICENSE,
-        "attribution": ATTRIBUTION,
-        **{k: v for k, v in attrs.items() if k != "buffer_m"},
-    }
-    ds = ds.rio.write_crs(grid.crs)
-    return ds.rio.write_transform(grid.transform)
-
-
 def _open_exported(
     where: Any,
     years: int | Iterable[int] | None,
@@ -267,7 +181,7 @@ def _open_exported(
     cube = export.open_cube(where, chunks=chunks)
     if years is None:
         return cube
-    wanted = _normalize_years(years)
+    wanted = normalize_years(years)
     held = [int(y) for y in cube["year"].values]
     missing = [y for y in wanted if y not in held]
     if missing:
@@ -354,7 +268,6 @@ def open_embeddings(
     32722
     """
     from xembed import export
-    from xembed.sources import cog
 
     if export.is_cube_store(where):
         return _open_exported(
@@ -365,41 +278,42 @@ def open_embeddings(
             "years is required (e.g. range(2018, 2025)) unless `where` is the path of an "
             "exported cube (a Zarr store or NetCDF file written by xembed.export)"
         )
-    site = as_site(where)
-    years = _normalize_years(years)
-    chunk_spec = _normalize_chunks(chunks)
-    if buffer < 0:
-        raise ValueError(f"buffer must be >= 0 metres, got {buffer!r}")
     if source == "ee":
-        if root is not None:
-            raise ValueError(
-                "root= is for mirror sources; source='ee' reads Earth Engine's collection "
-                "(pass project= to choose the Cloud project)"
-            )
         from xembed.sources.earthengine import open_embeddings_ee
 
+        resolve_source(source, root=root, project=project)  # root= is refused
         return open_embeddings_ee(
-            site, years, project=project, buffer=buffer, clip=clip, chunks=chunks
+            where, years, project=project, buffer=buffer, clip=clip, chunks=chunks
         )
-    if project is not None:
-        raise ValueError(f"project= is only for source='ee', not source={source!r}")
-    kind, mirror = _mirror_source(source, root, years)
-    grid, geometry = _site_grid(site, buffer=buffer)
+    return _open_mirror(
+        where, years, source, root=root, project=project, buffer=buffer, clip=clip, chunks=chunks
+    )
+
+
+def _open_mirror(
+    where: Any,
+    years: int | Iterable[int],
+    source: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None,
+    project: str | None,
+    buffer: float,
+    clip: bool,
+    chunks: Mapping[str, int] | int | None,
+) -> xr.Dataset:
+    from xembed.sources import cog
+
+    request = site_request(where, years, buffer=buffer, chunks=chunks)
+    src = resolve_source(source, root=root, project=project, years=request.years)
+    assert src.root is not None
     try:
-        plan = cog.plan_mosaic(mirror, grid, years)
+        plan = cog.plan_mosaic(src.root, request.grid, request.years)
     except DataNotFoundError as err:
-        hint = _footprint_hint(site, mirror)
+        hint = _footprint_hint(request.site, src.root)
         if hint is None:
             raise
         raise DataNotFoundError(f"{err}. {hint}") from err
-    reader = cog.MosaicReader(grid, years, plan)
-    data = lazy_array(reader, _chunk_sizes(chunk_spec, reader.shape))
-    return build_cube(
-        data,
-        grid,
-        geometry,
-        years,
-        site=site,
-        clip=clip,
-        attrs={"source": kind, "source_root": mirror, "buffer_m": float(buffer)},
+    reader = cog.MosaicReader(request.grid, request.years, plan)
+    return site_cube(
+        request, reader, clip=clip, attrs={"source": src.kind, "source_root": src.root}
     )

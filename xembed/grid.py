@@ -8,7 +8,6 @@ exact fraction of each pixel inside it, which makes polygon means exact.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,15 +17,15 @@ import numpy as np
 import pyproj
 import shapely
 
+from xembed import _util
 from xembed.errors import SiteError
-from xembed.schema import BANDS, PIXEL_SIZE
+from xembed.schema import PIXEL_SIZE
 
 __all__ = [
     "MAX_LON_SPAN",
     "MAX_PIXELS",
     "UTM_NORTH",
     "UTM_SOUTH",
-    "CubeStack",
     "Grid",
     "coverage_fraction",
     "project",
@@ -192,12 +191,6 @@ def utm_zone_name(crs: Any) -> str:
     return f"{int(zone[:-1])}{zone[-1].upper()}"
 
 
-@functools.lru_cache(maxsize=64)
-def _transformer(src: pyproj.CRS, dst: pyproj.CRS) -> pyproj.Transformer:
-    # Building a transformer costs milliseconds; sites reuse a handful of CRS pairs.
-    return pyproj.Transformer.from_crs(src, dst, always_xy=True)
-
-
 def project(geometry: Any, src_crs: Any, dst_crs: Any) -> shapely.Geometry:
     """Carry a geometry from one CRS to another, vertex by vertex.
 
@@ -233,7 +226,7 @@ def project(geometry: Any, src_crs: Any, dst_crs: Any) -> shapely.Geometry:
     dst = pyproj.CRS.from_user_input(dst_crs)
     if src == dst:
         return shapely.force_2d(geometry)
-    transformer = _transformer(src, dst)
+    transformer = _util.transformer(src, dst)
     out = shapely.transform(geometry, lambda x, y: transformer.transform(x, y), interleaved=False)
     coords = shapely.get_coordinates(out)
     if not np.isfinite(coords).all():
@@ -338,51 +331,19 @@ class Grid:
         """Pixel-centre y coordinates, north to south (descending, float64)."""
         return self.north - self.res * (np.arange(self.height, dtype=np.float64) + 0.5)
 
-
-class CubeStack:
-    """What the sources' lazy readers share: a ``(year, band, y, x)`` float32
-    array over ``grid`` for ``years``, indexed by dask one chunk at a time.
-
-    Subclasses (dataclasses) provide ``grid`` and ``years`` and read in
-    ``__getitem__`` after :meth:`_expand_key`.
-    """
-
-    grid: Grid
-    years: tuple[int, ...]
-
     @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.years), len(BANDS), self.grid.height, self.grid.width)
+    def lonlat_bounds(self) -> tuple[float, float, float, float]:
+        """``(west, south, east, north)`` in EPSG:4326 degrees, edges densified.
 
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        return np.dtype(np.float32)
+        The planar lon/lat box both the mirror reader and Earth Engine use to
+        pick the files (tiles) over the grid.
 
-    @property
-    def ndim(self) -> int:
-        return 4
-
-    def _expand_key(self, key: Any) -> tuple[tuple[Any, ...], tuple[int, ...]]:
-        """``key`` as 4 entries with integers made length-1 slices, and the axes to squeeze.
-
-        >>> stack = CubeStack()
-        >>> stack.grid = Grid("EPSG:32722", west=0.0, north=100.0, width=4, height=3)
-        >>> stack.years = (2020, 2021)
-        >>> key, squeeze = stack._expand_key((-1, slice(2, 4)))
-        >>> key[:2], len(key), squeeze
-        ((slice(1, 2, None), slice(2, 4, None)), 4, (0,))
+        >>> g = Grid("EPSG:32622", west=499500.0, north=500.0, width=100, height=100)
+        >>> [round(v, 4) for v in g.lonlat_bounds]
+        [-51.0045, -0.0045, -50.9955, 0.0045]
         """
-        key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (4 - len(key))
-        squeeze = tuple(i for i, k in enumerate(key) if isinstance(k, (int, np.integer)))
-        expanded = list(key)
-        for axis in squeeze:
-            size, index = self.shape[axis], int(key[axis])
-            if not -size <= index < size:
-                raise IndexError(f"index {index} is out of bounds for axis {axis} of size {size}")
-            index %= size
-            expanded[axis] = slice(index, index + 1)
-        return tuple(expanded), squeeze
+        to_wgs84 = _util.transformer(self.crs, "EPSG:4326")
+        return tuple(to_wgs84.transform_bounds(*self.bounds, densify_pts=21))  # type: ignore[return-value]
 
 
 def _snap_down(q: float) -> int:

@@ -27,6 +27,7 @@ import xarray as xr
 
 from xembed.errors import SchemaError
 from xembed.schema import BANDS, PIXEL_SIZE
+from xembed.sites import as_sites
 
 __all__ = [
     "change",
@@ -301,31 +302,6 @@ def _parse_id(site_id: object) -> object:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _site_list(sites: Any) -> list[Any]:
-    from xembed.sites import as_site, load_sites
-
-    try:
-        import geopandas as gpd
-
-        if isinstance(sites, gpd.GeoDataFrame | gpd.GeoSeries):
-            return load_sites(sites)
-    except ImportError:  # pragma: no cover - geopandas is a dependency
-        pass
-    if isinstance(sites, Mapping) and sites.get("type") == "FeatureCollection":
-        return load_sites(sites)
-    out = []
-    for i, site in enumerate(sites):
-        # Features carry their own ids (Feature "id" or rid/id/site_id properties);
-        # bare geometries are numbered by position.
-        props = site.get("properties") or {} if isinstance(site, Mapping) else {}
-        has_id = hasattr(site, "id") or (
-            isinstance(site, Mapping)
-            and (site.get("id") is not None or any(k in props for k in ("rid", "id", "site_id")))
-        )
-        out.append(as_site(site) if has_id else as_site(site, id=i))
-    return out
-
-
 def grid_of(obj: xr.Dataset | xr.DataArray) -> Any:
     """The :class:`xembed.grid.Grid` of a cube, from its coordinates and CRS.
 
@@ -383,7 +359,8 @@ def _site_weights_windowed(
     import pyproj
     import shapely
 
-    from xembed.grid import Grid, _transformer, coverage_fraction, project
+    from xembed._util import transformer
+    from xembed.grid import Grid, coverage_fraction, project
 
     src = pyproj.CRS.from_epsg(4326)
     dst = pyproj.CRS.from_user_input(grid.crs)
@@ -393,9 +370,9 @@ def _site_weights_windowed(
     if src == dst:
         projected = shapely.force_2d(geometries)
     else:
-        transformer = _transformer(src, dst)
+        to_grid = transformer(src, dst)
         projected = shapely.transform(
-            geometries, lambda x, y: transformer.transform(x, y), interleaved=False
+            geometries, lambda x, y: to_grid.transform(x, y), interleaved=False
         )
         if not np.isfinite(shapely.get_coordinates(projected)).all():
             for site in sites:  # the per-site check raises project()'s SiteError
@@ -510,7 +487,7 @@ def zonal_mean(
     True
     """
     emb = _embeddings(cube)
-    site_list = _site_list(sites)
+    site_list = as_sites(sites)
     if not site_list:
         raise ValueError("sites is empty; pass at least one site")
     ids = [s.id for s in site_list]

@@ -68,7 +68,7 @@ def dequantize(q: np.ndarray) -> np.ndarray:
     if q.dtype == np.int8:
         # A 256-entry table indexed by the byte: the formula's own float32 values
         # (bit for bit), ~4x faster than evaluating it per pixel.
-        return np.asarray(_DEQUANTIZED.take(q.view(np.uint8)))
+        return np.asarray(DEQUANTIZE_TABLE.take(q.view(np.uint8)))
     return _dequantize_formula(q)
 
 
@@ -78,8 +78,10 @@ def _dequantize_formula(q: np.ndarray) -> np.ndarray:
     return np.where(q == NODATA, np.float32(np.nan), v).astype(np.float32, copy=False)
 
 
-#: dequantize() of every int8 value, indexed by its byte (q.view(np.uint8)).
-_DEQUANTIZED = _dequantize_formula(np.arange(256, dtype=np.uint8).view(np.int8))
+#: dequantize() of every int8 value, indexed by its byte (``q.view(np.uint8)``);
+#: read-only. The one table the reader and the sample writer both use.
+DEQUANTIZE_TABLE = _dequantize_formula(np.arange(256, dtype=np.uint8).view(np.int8))
+DEQUANTIZE_TABLE.flags.writeable = False
 
 
 def quantize(v: np.ndarray) -> np.ndarray:

@@ -16,7 +16,6 @@ import json
 import math
 import numbers
 import os
-import sys
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import shapely
 from shapely.geometry import GeometryCollection, MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
+from xembed._util import stacklevel
 from xembed.errors import SiteError
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ ID_FIELDS: tuple[str, ...] = ("rid", "id", "site_id")
 
 _FORMATS = "GeoJSON (.geojson/.json), GeoPackage (.gpkg) or Shapefile (.shp)"
 _GEOJSON_DRIVERS = frozenset({"GeoJSON"})
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _MAX_NAMED = 10  # ids listed in one message before "..."
 
 
@@ -108,21 +107,6 @@ class Site:
     # subset of the compared fields keeps ``a == b`` => ``hash(a) == hash(b)``.
     def __hash__(self) -> int:
         return hash((self.id, self.start_year, self.geometry))
-
-    def extract_continuous(
-        self,
-        collection: str,
-        start_date: Any,
-        end_date: Any,
-        reducer: str = "mean",
-        frequency: str = "yearly",
-    ) -> Any:
-        """The original notebook's call; see :func:`xembed.compat.extract_continuous`."""
-        from xembed.compat import extract_continuous
-
-        return extract_continuous(
-            self, collection, start_date, end_date, reducer=reducer, frequency=frequency
-        )
 
     @property
     def __geo_interface__(self) -> dict[str, Any]:
@@ -304,6 +288,39 @@ def as_site(where: Any, *, id: int | str | None = None) -> Site:
         "as_site expects a Site, a shapely Polygon/MultiPolygon, a GeoJSON geometry or "
         f"Feature mapping, or an object with __geo_interface__; got {type(where).__name__}"
     )
+
+
+def as_sites(sites: Any) -> list[Site]:
+    """Turn a collection of sites into a list of :class:`Site`.
+
+    Parameters
+    ----------
+    sites : path, GeoDataFrame/GeoSeries, FeatureCollection, Site, geometry or iterable
+        A file or frame (read by :func:`load_sites`), one site, or an iterable
+        of site-like objects (each read by :func:`as_site`). Features and
+        Sites keep their own ids; bare geometries are numbered by position.
+
+    Examples
+    --------
+    >>> from shapely.geometry import box
+    >>> as_sites([box(0, 0, 1, 1), box(1, 0, 2, 1)])
+    [Site(id=0, start_year=None), Site(id=1, start_year=None)]
+    """
+    if isinstance(sites, (str, os.PathLike)) or _is_geopandas(sites):
+        return load_sites(sites)
+    if isinstance(sites, (Site, BaseGeometry)):
+        return [as_site(sites)]
+    if isinstance(sites, Mapping) and sites.get("type") == "FeatureCollection":
+        return load_sites(sites)
+    out = []
+    for i, site in enumerate(sites):
+        props = site.get("properties") or {} if isinstance(site, Mapping) else {}
+        has_id = hasattr(site, "id") or (
+            isinstance(site, Mapping)
+            and (site.get("id") is not None or any(k in props for k in ID_FIELDS))
+        )
+        out.append(as_site(site) if has_id else as_site(site, id=i))
+    return out
 
 
 # --------------------------------------------------------------------------- readers
@@ -636,7 +653,7 @@ def _clean_geometry(geom: Any, site_id: int | str) -> Polygon | MultiPolygon:
         f"site {site_id!r}: invalid geometry ({reason}) repaired with shapely.make_valid; "
         "check the result, or fix the polygon in the site file to silence this warning",
         UserWarning,
-        stacklevel=_stacklevel(),
+        stacklevel=stacklevel(),
     )
     return repaired
 
@@ -740,15 +757,3 @@ def _name_list(items: Sequence[Any], fmt: Callable[[Any], str] = repr) -> str:
     shown = ", ".join(fmt(i) for i in items[:_MAX_NAMED])
     more = f", ... ({len(items)} in all)" if len(items) > _MAX_NAMED else ""
     return shown + more
-
-
-def _stacklevel() -> int:
-    """Stack level of the first caller outside xembed, so warnings point at user code."""
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and (
-        frame.f_code.co_filename.startswith(_PKG_DIR)
-        # dataclass-generated __init__ has no file but this module's globals
-        or frame.f_globals.get("__name__") == __name__
-    ):
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
-    return level

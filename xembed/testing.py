@@ -98,7 +98,7 @@ def make_cube(
     >>> bool(np.allclose(cube.embed.polygon_mean().isel(year=0), planted_vector()))
     True
     """
-    from xembed.cube import build_cube
+    from xembed.sources.common import build_cube
     from xembed.grid import Grid
     from xembed.sites import Site
 

@@ -53,12 +53,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-import pyproj
 import shapely
 
+from xembed._util import atomic_write, cache_dir, transformer
 from xembed.errors import DataNotFoundError, ReadError, SourceError
-from xembed.grid import CubeStack, Grid
+from xembed.grid import Grid
 from xembed.schema import BANDS, NODATA, dequantize
+from xembed.sources.common import INDEX_COLUMNS, CubeStack
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -78,22 +79,6 @@ _T = TypeVar("_T")
 
 #: Source Cooperative's public, anonymous copy of the mirror.
 DEFAULT_ROOT = "s3://us-west-2.opendata.source.coop/tge-labs/aef/v1/annual"
-#: Columns the index must have (``geometry`` is optional: the WGS84 bounds
-#: stand in for the footprint when it is missing).
-INDEX_COLUMNS = (
-    "path",
-    "crs",
-    "year",
-    "utm_zone",
-    "utm_west",
-    "utm_south",
-    "utm_east",
-    "utm_north",
-    "wgs84_west",
-    "wgs84_south",
-    "wgs84_east",
-    "wgs84_north",
-)
 _REMOTE_SCHEMES = ("http", "https", "s3", "gs")
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -446,8 +431,6 @@ def _index_location(root: str) -> tuple[str, str]:
 
 
 def _remote_cache_path(url: str) -> Path:
-    from xembed.sources.sample import cache_dir
-
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     return cache_dir() / "index" / f"{digest}.parquet"
 
@@ -465,10 +448,7 @@ def _read_index_cached(location: str, fmt: str, stamp: float) -> pd.DataFrame:
         else:
             data = _fetch(location)
             if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_bytes(data)
-                os.replace(tmp, cached)
+                atomic_write(cached, lambda tmp: tmp.write_bytes(data))
             source = io.BytesIO(data)
     try:
         if fmt == "parquet":
@@ -613,11 +593,6 @@ def _tile(href: str) -> Tile:
     return _retrying(href, "header", header)
 
 
-def _grid_lonlat_box(grid: Grid) -> shapely.Polygon:
-    to_wgs84 = pyproj.Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
-    return shapely.box(*to_wgs84.transform_bounds(*grid.bounds, densify_pts=21))
-
-
 def plan_mosaic(
     root: str | os.PathLike[str], grid: Grid, years: Sequence[int]
 ) -> tuple[tuple[Tile, ...], ...]:
@@ -632,7 +607,7 @@ def plan_mosaic(
     """
     root = str(root).rstrip("/")
     index = _load_index(root)
-    box = _grid_lonlat_box(grid)
+    box = shapely.box(*grid.lonlat_bounds)
     chosen = index[index["year"].isin(list(years))]
     # Resolve file locations only for the few rows that matter.
     chosen = _with_hrefs(root, chosen[shapely.intersects(chosen["footprint"].to_numpy(), box)])
@@ -690,15 +665,10 @@ def _source_indices(tile: Tile, grid: Grid, rows: slice, cols: slice, grid_crs: 
     ys = grid.y[rows]
     if tile.crs == grid_crs:
         return np.floor((ys - f) / e).astype(np.int64), np.floor((xs - c) / a).astype(np.int64)
-    transformer = _transformer(grid_crs, tile.crs)
+    to_tile = transformer(grid_crs, tile.crs)
     xx, yy = np.meshgrid(xs, ys)
-    sx, sy = transformer.transform(xx, yy)
+    sx, sy = to_tile.transform(xx, yy)
     return np.floor((sy - f) / e).astype(np.int64), np.floor((sx - c) / a).astype(np.int64)
-
-
-@functools.lru_cache(maxsize=64)
-def _transformer(src: str, dst: str) -> pyproj.Transformer:
-    return pyproj.Transformer.from_crs(src, dst, always_xy=True)
 
 
 def _read_tile(tile: Tile, band_index: np.ndarray, src_rows: np.ndarray, src_cols: np.ndarray):
@@ -793,7 +763,7 @@ class MosaicReader(CubeStack):
         return ("xembed.MosaicReader", grid, self.years, self.plan)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        key, squeeze = self._expand_key(key)
+        key, squeeze = self.expand_key(key)
         year_index = np.arange(self.shape[0])[key[0]]
         band_index = np.arange(self.shape[1])[key[1]]
         rows, cols = key[2], key[3]

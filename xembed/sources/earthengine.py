@@ -11,7 +11,7 @@ and the images are opened with ``xr.open_dataset(..., engine="ee")`` on the
 site's grid from :func:`xembed.grid.target_grid`, the very grid the COG
 source reads, so both sources give the same ``x``/``y`` for the same site.
 Xee's per-band ``(time, y, x)`` variables are then stacked into
-``embeddings(year, band, y, x)`` and wrapped by :func:`xembed.cube.build_cube`.
+``embeddings(year, band, y, x)`` and wrapped by :func:`xembed.sources.common.site_cube`.
 
 Request planning (DESIGN.md section 5): Xee sends one ``computePixels``
 request per band variable and per ``io_chunks`` block. :func:`io_chunks_for`
@@ -34,14 +34,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyproj
 import xarray as xr
 from dask.base import tokenize
 
 from xembed.errors import DataNotFoundError, EarthEngineError, SourceError
-from xembed.grid import CubeStack, Grid
+from xembed.grid import Grid
 from xembed.schema import BANDS, COLLECTION
-from xembed.sites import Site, as_site
+from xembed.sites import Site
+from xembed.sources.common import CubeStack, SiteRequest, site_cube, site_request
 
 __all__ = [
     "MAX_CONCURRENT_REQUESTS",
@@ -216,25 +216,20 @@ def count_requests(
     1024
     """
     total_windows = 0
-    for rows in _chunk_sizes(shape[0], chunks[0]):
-        for cols in _chunk_sizes(shape[1], chunks[1]):
+    for rows in _axis_chunks(shape[0], chunks[0]):
+        for cols in _axis_chunks(shape[1], chunks[1]):
             total_windows += math.ceil(rows / io_chunks["height"]) * math.ceil(
                 cols / io_chunks["width"]
             )
     return n_bands * math.ceil(n_years / io_chunks["index"]) * total_windows
 
 
-def _chunk_sizes(total: int, size: int) -> list[int]:
+def _axis_chunks(total: int, size: int) -> list[int]:
     return [min(size, total - start) for start in range(0, total, size)]
 
 
 def _year_millis(year: int) -> int:
     return int(_dt.datetime(year, 1, 1, tzinfo=_dt.UTC).timestamp() * 1000)
-
-
-def _lonlat_box(grid: Grid) -> tuple[float, float, float, float]:
-    to_wgs84 = pyproj.Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
-    return to_wgs84.transform_bounds(*grid.bounds, densify_pts=21)
 
 
 def build_collection(grid: Grid, years: Iterable[int]) -> Any:
@@ -272,7 +267,7 @@ def build_collection(grid: Grid, years: Iterable[int]) -> Any:
 
 def _yearly(ee: Any, grid: Grid, years: Iterable[int]) -> tuple[list[Any], list[Any]]:
     """Per year: the mosaic over ``grid`` and the number of tiles in it."""
-    west, south, east, north = _lonlat_box(grid)
+    west, south, east, north = grid.lonlat_bounds
     # Planar lon/lat edges: the same box the COG source matches footprints with.
     region = ee.Geometry.Rectangle([west, south, east, north], None, False)
     tiles = ee.ImageCollection(COLLECTION)
@@ -309,7 +304,7 @@ class _EarthEngineStack(CubeStack):
         return ("xembed._EarthEngineStack", self.token)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        key, squeeze = self._expand_key(key)
+        key, squeeze = self.expand_key(key)
         if not all(isinstance(k, slice) for k in key):
             raise TypeError(f"only basic indexing is supported, got {key!r}")
         year_index = range(*key[0].indices(self.shape[0]))
@@ -416,33 +411,27 @@ def open_embeddings_ee(
     Examples
     --------
     >>> import xembed
-    >>> from xembed.fake_ee import fake_earthengine
+    >>> from xembed.testing import fake_earthengine
     >>> with fake_earthengine():  # doctest: +SKIP
     ...     ds = open_embeddings_ee(xembed.demo_sites()[0], range(2018, 2021))
     ...     ds.embeddings.dims, ds.sizes["year"]
     (('year', 'band', 'y', 'x'), 3)
     """
-    from xembed.cube import (
-        _chunk_sizes,
-        _normalize_chunks,
-        _normalize_years,
-        _site_grid,
-        build_cube,
-        lazy_array,
-    )
-
-    site = as_site(where)
-    years = _normalize_years(years)
-    chunk_spec = _normalize_chunks(chunks)
-    if buffer < 0:
-        raise ValueError(f"buffer must be >= 0 metres, got {buffer!r}")
+    request = site_request(where, years, buffer=buffer, chunks=chunks)
     ee = _import_ee()
     _ensure_initialized(ee, project)
     _widen_connection_pool(ee)
-    grid, geometry = _site_grid(site, buffer=buffer)
-    shape = (len(years), len(BANDS), grid.height, grid.width)
-    chunk_tuple = _chunk_sizes(chunk_spec, shape)
-    io_chunks = io_chunks_for(chunk_tuple[0], chunk_tuple[2], chunk_tuple[3])
+    stack = _open_stack(ee, request)
+    attrs = {"source": "ee", "source_root": f"ee://{COLLECTION}"}
+    return site_cube(
+        request, stack, clip=clip, attrs=attrs, token=stack.token, prefix="embeddings-ee-"
+    )
+
+
+def _open_stack(ee: Any, request: SiteRequest) -> _EarthEngineStack:
+    """Open Xee's dataset of the request's yearly mosaics (one metadata request)."""
+    site, years, grid = request.site, request.years, request.grid
+    io_chunks = io_chunks_for(request.chunks[0], request.chunks[2], request.chunks[3])
     collection = build_collection(grid, years)
     t = grid.transform
     try:
@@ -480,21 +469,7 @@ def open_embeddings_ee(
     token = tokenize(
         "ee", ee.data._get_state().cloud_api_base_url, site.id, site.geometry.wkb, grid, years
     )
-    stack = _EarthEngineStack(xee_ds, years, site, grid, token)
-    data = lazy_array(stack, chunk_tuple, token=token, prefix="embeddings-ee-")
-    return build_cube(
-        data,
-        grid,
-        geometry,
-        years,
-        site=site,
-        clip=clip,
-        attrs={
-            "source": "ee",
-            "source_root": f"ee://{COLLECTION}",
-            "buffer_m": float(buffer),
-        },
-    )
+    return _EarthEngineStack(xee_ds, years, site, grid, token)
 
 
 def _raise_if_years_empty(ee: Any, grid: Grid, years: tuple[int, ...], site: Site) -> None:

@@ -36,20 +36,20 @@ south)``: "bottom" and "top" come out swapped.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
 import html
 import os
 import struct
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xembed.schema import BANDS, NODATA, dequantize, quantize
-from xembed.sources import cog
+from xembed._util import atomic_write, transformer
+from xembed.schema import BANDS, DEQUANTIZE_TABLE, NODATA, quantize
+from xembed.sources import common
 
 __all__ = [
     "INDEX_COLUMNS",
@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 #: Columns of the mirror's index, in order: those the reader needs, then the footprint.
-INDEX_COLUMNS: tuple[str, ...] = (*cog.INDEX_COLUMNS, "geometry")
+INDEX_COLUMNS: tuple[str, ...] = (*common.INDEX_COLUMNS, "geometry")
 #: Width and height of the real mirror's files in pixels (a quarter EE image).
 MIRROR_FILE_SIZE = 8192
 #: The real mirror's internal tile size.
@@ -181,7 +181,7 @@ def _overviews(stored: np.ndarray) -> list[np.ndarray]:
     """
     _, height, width = stored.shape
     valid = (stored != NODATA).all(axis=0)
-    values = _DEQUANTIZED[stored.view(np.uint8)]  # one pass; nodata reads as 0
+    values = np.nan_to_num(DEQUANTIZE_TABLE[stored.view(np.uint8)], copy=False)  # nodata: 0
     values[:, ~valid] = 0.0
     # (row starts, col starts, sums, counts) of the levels computed so far: each
     # level is summed from the smallest earlier one whose pixel edges it shares
@@ -212,10 +212,6 @@ def _overviews(stored: np.ndarray) -> list[np.ndarray]:
         level[:, ~ok] = NODATA
         out.append(level)
     return out
-
-
-#: dequantize() of every int8 value, indexed by its byte (uint8 view); -128 -> 0
-_DEQUANTIZED = np.nan_to_num(dequantize(np.arange(256, dtype=np.uint8).view(np.int8)))
 
 
 def _finest_parent(computed: list, rows: np.ndarray, cols: np.ndarray) -> tuple:
@@ -362,42 +358,42 @@ def write_tile(
     stored = np.ascontiguousarray(q[:, ::-1, :])  # bottom-up: row 0 is the south
     transform = Affine(res, 0.0, float(west), 0.0, res, south)
     levels = _overviews(stored)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    memfiles = []
-    try:
+
+    def write(tmp: Path) -> None:
         # GDAL copies the overviews of its source (COPY_SRC_OVERVIEWS): a VRT
         # over in-memory GeoTIFFs of the full resolution and of each level
-        memfiles.append(_gtiff_in_memory(stored, crs, transform))
-        for level in levels:
-            _, h, w = level.shape
-            ovr = Affine(res * width / w, 0.0, float(west), 0.0, res * height / h, south)
-            memfiles.append(_gtiff_in_memory(level, crs, ovr))
-        vrt = _vrt_xml(
-            memfiles[0].name, [m.name for m in memfiles[1:]], stored.shape, crs, transform.to_gdal()
-        )
-        env = {}
-        if 64 <= blocksize <= 4096 and blocksize & (blocksize - 1) == 0:
-            env["GDAL_TIFF_OVR_BLOCKSIZE"] = str(blocksize)  # overviews tiled alike
-        with rasterio.Env(**env), rasterio.open(vrt) as src:
-            rio_copy(
-                src,
-                tmp,
-                driver="GTiff",
-                TILED="YES",
-                BLOCKXSIZE=blocksize,
-                BLOCKYSIZE=blocksize,
-                COMPRESS="ZSTD",
-                ZSTD_LEVEL=1,  # as small as GDAL's default 9 here, and 4x faster
-                INTERLEAVE="BAND",
-                COPY_SRC_OVERVIEWS="YES",
-                BIGTIFF="IF_SAFER",
+        with contextlib.ExitStack() as stack:
+            memfiles = [stack.enter_context(_gtiff_in_memory(stored, crs, transform))]
+            for level in levels:
+                _, h, w = level.shape
+                ovr = Affine(res * width / w, 0.0, float(west), 0.0, res * height / h, south)
+                memfiles.append(stack.enter_context(_gtiff_in_memory(level, crs, ovr)))
+            vrt = _vrt_xml(
+                memfiles[0].name,
+                [m.name for m in memfiles[1:]],
+                stored.shape,
+                crs,
+                transform.to_gdal(),
             )
-        os.replace(tmp, path)
-    finally:
-        for memfile in memfiles:
-            memfile.close()
-        if tmp.exists():
-            tmp.unlink()
+            env = {}
+            if 64 <= blocksize <= 4096 and blocksize & (blocksize - 1) == 0:
+                env["GDAL_TIFF_OVR_BLOCKSIZE"] = str(blocksize)  # overviews tiled alike
+            with rasterio.Env(**env), rasterio.open(vrt) as src:
+                rio_copy(
+                    src,
+                    tmp,
+                    driver="GTiff",
+                    TILED="YES",
+                    BLOCKXSIZE=blocksize,
+                    BLOCKYSIZE=blocksize,
+                    COMPRESS="ZSTD",
+                    ZSTD_LEVEL=1,  # as small as GDAL's default 9 here, and 4x faster
+                    INTERLEAVE="BAND",
+                    COPY_SRC_OVERVIEWS="YES",
+                    BIGTIFF="IF_SAFER",
+                )
+
+    atomic_write(path, write)
     return path
 
 
@@ -424,19 +420,12 @@ def wgs84_footprint(
     dx, dy = east - west, north - south
     xs = np.concatenate([west + dx * t, np.full(n, east), east - dx * t, np.full(n, west)])
     ys = np.concatenate([np.full(n, south), south + dy * t, np.full(n, north), north - dy * t])
-    lon, lat = _to_lonlat(str(crs)).transform(xs, ys)
+    lon, lat = transformer(str(crs), "EPSG:4326").transform(xs, ys)
     polygon = shapely.Polygon(np.column_stack([lon, lat]))
     if zone is not None:
         lon_w, lon_e = zone_longitudes(zone)
         polygon = polygon.intersection(shapely.box(lon_w, -90.0, lon_e, 90.0))
     return shapely.normalize(polygon)
-
-
-@functools.lru_cache(maxsize=32)
-def _to_lonlat(crs: str) -> Any:
-    import pyproj
-
-    return pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
 
 
 def index_record(
@@ -519,23 +508,13 @@ def write_index(root: str | os.PathLike[str], records: Iterable[Mapping[str, Any
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     parquet = root / "aef_index.parquet"
-    _atomic(parquet, lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write(parquet, lambda tmp: frame.to_parquet(tmp, index=False))
     table = frame.to_wkt()
-    _atomic(root / "aef_index.csv", lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(root / "aef_index.csv", lambda tmp: table.to_csv(tmp, index=False))
     return parquet
 
 
 _SIDES = ("west", "south", "east", "north")
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # --------------------------------------------------------------------------- validation

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xembed._util import atomic_write, cache_dir, temp_sibling, transformer
 from xembed.schema import NODATA, quantize
 from xembed.sources import mirror
 
@@ -216,10 +217,9 @@ def sample_events() -> dict[str, tuple[Any, tuple[int, ...]]]:
     >>> {name: years for name, (_, years) in sample_events().items()}
     {'deforestation': (2021,), 'nodata_gap': (2019,)}
     """
-    import pyproj
     import shapely
 
-    to_ll = pyproj.Transformer.from_crs(_LOCAL, "EPSG:4326", always_xy=True)
+    to_ll = transformer(_LOCAL, "EPSG:4326")
 
     def lonlat(polygon: Any) -> Any:
         dense = shapely.segmentize(polygon, 50.0)
@@ -250,10 +250,7 @@ def demo_sites_path() -> Path:
     data = res.read_bytes()
     target = cache_dir() / f"demo_sites-{hashlib.sha256(data).hexdigest()[:12]}.geojson"
     if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        atomic_write(target, lambda tmp: tmp.write_bytes(data))
     return target
 
 
@@ -285,8 +282,8 @@ def build_demo_sites_geojson() -> dict[str, Any]:
     import pyproj
     import shapely
 
-    to_sites = pyproj.Transformer.from_crs(_LOCAL, _SITES_CRS, always_xy=True)
-    to_ll = pyproj.Transformer.from_crs(_SITES_CRS, "EPSG:4326", always_xy=True)
+    to_sites = transformer(_LOCAL, _SITES_CRS)
+    to_ll = transformer(_SITES_CRS, "EPSG:4326")
     geod = pyproj.Geod(ellps="GRS80")
 
     def ring(centre: tuple[float, float], offsets: list[tuple[float, float]]) -> list:
@@ -345,16 +342,6 @@ def write_demo_sites_geojson(path: str | os.PathLike[str]) -> Path:
 
 
 # --------------------------------------------------------------------------- cache
-
-
-def cache_dir() -> Path:
-    """Where xembed caches data: ``$XEMBED_CACHE``, else the platform's user cache."""
-    env = os.environ.get("XEMBED_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("xembed"))
 
 
 def _source_digest() -> bytes:
@@ -422,7 +409,7 @@ def sample_root(*, cache: str | os.PathLike[str] | None = None) -> Path:
     _remove_leftovers(parent)
     if root.exists():
         _move_aside(root)
-    tmp = parent / f".{_DIRNAME}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    tmp = temp_sibling(root)
     tmp.mkdir()  # (not tempfile.mkdtemp: its 0700 mode would stick to the sample)
     try:
         message = f"xembed: generating the demo sample data in {root} (once; < 1 min)"
@@ -552,7 +539,6 @@ class _World:
     """Everything that does not depend on the pixel grid: directions, fields, sites."""
 
     def __init__(self) -> None:
-        import pyproj
         import shapely
 
         rng = np.random.default_rng(_SEED)
@@ -613,7 +599,7 @@ class _World:
 
         # special units: river, riparian forest, deforestation, sites, ponds
         self.sites = _read_sites()
-        to_local = pyproj.Transformer.from_crs("EPSG:4326", _LOCAL, always_xy=True)
+        to_local = transformer("EPSG:4326", _LOCAL)
         self.site_geoms = [
             shapely.transform(
                 geom, lambda xy: np.column_stack(to_local.transform(xy[:, 0], xy[:, 1]))
@@ -694,11 +680,10 @@ class _World:
 
 def _read_sites() -> list[tuple[int, int, Any]]:
     """``(rid, start_year, lon/lat geometry)`` of the packaged demo sites."""
-    import pyproj
     import shapely
 
     obj = json.loads(demo_sites_path().read_text(encoding="utf-8"))
-    to_ll = pyproj.Transformer.from_crs(_SITES_CRS, "EPSG:4326", always_xy=True)
+    to_ll = transformer(_SITES_CRS, "EPSG:4326")
     out = []
     for feature in obj["features"]:
         geom = shapely.geometry.shape(feature["geometry"])
@@ -714,7 +699,6 @@ class _ImageField:
     """The embedding field on one Earth Engine image's pixel grid."""
 
     def __init__(self, world: _World, image: SampleImage) -> None:
-        import pyproj
         import shapely
 
         self.world, self.image = world, image
@@ -722,10 +706,8 @@ class _ImageField:
         cols, rows = np.meshgrid(np.arange(size), np.arange(size))
         ux = (image.west + (cols.ravel() + 0.5) * RES).astype(np.float64)
         uy = (image.north - (rows.ravel() + 0.5) * RES).astype(np.float64)
-        lon, _ = pyproj.Transformer.from_crs(image.crs, "EPSG:4326", always_xy=True).transform(
-            ux, uy
-        )
-        x, y = pyproj.Transformer.from_crs(image.crs, _LOCAL, always_xy=True).transform(ux, uy)
+        lon, _ = transformer(image.crs, "EPSG:4326").transform(ux, uy)
+        x, y = transformer(image.crs, _LOCAL).transform(ux, uy)
         lon_w, lon_e = mirror.zone_longitudes(image.zone)
         # Zone-clipped with a few pixels of overlap: without it, nearest-neighbour
         # mosaicking of two clipped lattices leaves a seam of empty pixels along
