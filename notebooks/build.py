@@ -48,15 +48,16 @@ df.head()""",
     ),
     (
         "md",
-        """The notebook's own call works too (`Site.extract_continuous`), on
-whatever source `xembed.compat.use_source(...)` points at (the sample by default):""",
+        """The notebook's own call works too (`extract_continuous`, also a method of the
+sites `xembed.compat.load_sites` returns), on whatever source
+`xembed.compat.use_source(...)` points at (the sample by default):""",
     ),
     (
         "code",
-        """from xembed.compat import ALPHA_EMBEDDINGS, EMBEDDING_BANDS
+        """from xembed.compat import ALPHA_EMBEDDINGS, EMBEDDING_BANDS, extract_continuous
 
-same = site.extract_continuous(
-    ALPHA_EMBEDDINGS, start_date="2020-01-01", end_date="2023-12-31",
+same = extract_continuous(
+    site, ALPHA_EMBEDDINGS, start_date="2020-01-01", end_date="2023-12-31",
     reducer="mean", frequency="yearly",
 )
 embedding_2023 = same[same["year"] == 2023][EMBEDDING_BANDS].values[0]

@@ -166,7 +166,7 @@ def test_render_image_matches_a_buffered_cube(site, monkeypatch):
     # A region inside the image's window is cut out of it, no new read.
     image = get_embedding_image(site.geometry, 2022)
     opened = []
-    monkeypatch.setattr(compat, "_open", lambda *a, **k: opened.append(a))
+    monkeypatch.setattr(compat.notebook, "open_with_source", lambda *a, **k: opened.append(a))
     inner = site.geometry.buffer(-50).bounds()
     small = render_image(image, region=inner, dimensions=None)
     assert opened == []

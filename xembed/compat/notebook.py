@@ -1,42 +1,4 @@
-"""The original notebook's API on xembed's core: migrate line by line.
-
-The notebook this project replaces (``gee_polygons``, on Earth Engine) used
-``load_sites``, ``Site.extract_continuous``, ``get_embedding_image``,
-``render_image``, ``export_frames_as_strip``/``_gif`` and a few constants.
-The same names live here, so its code runs with only the imports changed::
-
-    # before                                   # after
-    import ee                                  import xembed
-    ee.Authenticate()                          from xembed.compat import (
-    ee.Initialize(project="my-project")            use_source, load_sites, ALPHA_EMBEDDINGS,
-    from gee_polygons.site import load_sites       EMBEDDING_BANDS, EMBEDDING_VIS_DEFAULT,
-    ...                                            get_embedding_image, render_image,
-                                                   export_frames_as_strip, export_frames_as_gif)
-                                               use_source("ee", project="my-project")
-
-:func:`use_source` is the one line that says where the data come from:
-``"sample"`` (the default: the bundled demo data, offline), ``"cog"`` (the
-public Cloud-Optimized GeoTIFF mirror, no account needed), ``"ee"`` (Earth
-Engine) or the path of a local mirror folder.
-
-What is the same, and what is not
----------------------------------
-- Sites from :func:`load_sites` are :class:`xembed.Site` objects (everything
-  in xembed accepts them) whose ``geometry`` is an :class:`EEGeometry`: the
-  shapely polygon in EPSG:4326, plus the two Earth Engine calls the
-  notebook makes, in **metres**: ``site.geometry.buffer(500).bounds()``.
-  See :class:`EEGeometry` for what that wrapper changes.
-- ``extract_continuous`` returns the same table (``site_id, year,
-  A00..A63``); means are coverage-weighted (exact partial pixels), as
-  :func:`xembed.polygon_mean` computes them.
-- ``get_embedding_image`` returns a lazy one-year cube
-  (:class:`xarray.Dataset`), not an ``ee.Image``; ``render_image`` returns
-  the picture as a numpy array (:class:`xembed.render.Frame`, shown as a
-  picture in Jupyter), drawn in the site's UTM zone with north up.
-- The similarity the notebook printed (``embeddings @ embeddings.T``) is
-  the dot product of means, about 0.92 on its diagonal;
-  :func:`xembed.similarity_matrix` gives the cosine (1 on the diagonal).
-"""
+"""The notebook's sites, extraction and image calls on xembed's core."""
 
 from __future__ import annotations
 
@@ -48,349 +10,29 @@ import numpy as np
 import pandas as pd
 import shapely
 import xarray as xr
-from shapely.geometry.base import BaseGeometry
 
 from xembed import render as _render
 from xembed import sites as _sites
-from xembed.errors import SourceError
+from xembed.compat.geometry import EEGeometry, to_shapely, unwrap
+from xembed.compat.source import STATE, open_with_source
 from xembed.schema import BANDS, COLLECTION, FIRST_YEAR
-
-__all__ = [
-    "ALPHA_EMBEDDINGS",
-    "EMBEDDING_BANDS",
-    "EMBEDDING_VIS_DEFAULT",
-    "EEGeometry",
-    "Site",
-    "SourceSetting",
-    "current_source",
-    "export_frames_as_gif",
-    "export_frames_as_strip",
-    "extract_continuous",
-    "get_embedding_image",
-    "load_sites",
-    "render_image",
-    "use_source",
-]
 
 #: The collection the notebook's calls read (the Earth Engine collection id).
 ALPHA_EMBEDDINGS: str = COLLECTION
+
+
 #: The 64 band names, ``["A00", ..., "A63"]``.
 EMBEDDING_BANDS: list[str] = list(BANDS)
+
+
 #: The notebook's default visualisation: bands A01/A16/A09 stretched from -0.3 to 0.3.
 EMBEDDING_VIS_DEFAULT: dict[str, Any] = {"min": -0.3, "max": 0.3, "bands": ["A01", "A16", "A09"]}
 
+
 _FREQUENCIES = ("yearly",)
+
+
 _VIS_KEYS = ("min", "max", "bands")
-_SOURCE_OPTIONS = ("root", "project", "chunks")
-_SOURCES = ("sample", "cog", "ee")
-
-
-# --------------------------------------------------------------------------- data source
-
-_STATE: dict[str, Any] = {"source": "sample"}
-
-
-class SourceSetting:
-    """What :func:`use_source` set; also a context manager that restores the previous one.
-
-    Examples
-    --------
-    >>> with use_source("cog", root="/data/aef"):
-    ...     current_source()["source"]
-    'cog'
-    >>> current_source()["source"]
-    'sample'
-    """
-
-    def __init__(self, setting: dict[str, Any], previous: dict[str, Any]) -> None:
-        self.setting = setting
-        self.previous = previous
-
-    def __enter__(self) -> SourceSetting:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _STATE.clear()
-        _STATE.update(self.previous)
-
-    def __repr__(self) -> str:
-        args = [repr(self.setting["source"])]
-        args += [f"{k}={v!r}" for k, v in self.setting.items() if k != "source"]
-        return f"use_source({', '.join(args)})"
-
-
-def use_source(source: str | os.PathLike[str] = "sample", **options: Any) -> SourceSetting:
-    """Point the notebook's calls at a data source (the one line to change).
-
-    Parameters
-    ----------
-    source : {"sample", "cog", "ee"} or path, default "sample"
-        ``"sample"``: the bundled demo data (offline; generated on first
-        use). ``"cog"``: the public Cloud-Optimized GeoTIFF mirror (no
-        account). ``"ee"``: Earth Engine (replaces the notebook's
-        ``ee.Authenticate()`` / ``ee.Initialize(project=...)`` lines; run
-        ``earthengine authenticate`` once). A path: a local mirror folder.
-    **options
-        Passed to :func:`xembed.open_embeddings`: ``root=`` (mirror
-        location for ``"cog"``/``"sample"``), ``project=`` (Cloud project
-        for ``"ee"``), ``chunks=``.
-
-    Returns
-    -------
-    SourceSetting
-        Usable as a context manager to switch sources for a block only.
-
-    Raises
-    ------
-    xembed.errors.SourceError
-        For an unknown source name.
-    TypeError
-        For an option other than ``root``, ``project``, ``chunks``.
-
-    Examples
-    --------
-    >>> use_source("ee", project="my-project")
-    use_source('ee', project='my-project')
-    >>> use_source("sample")  # back to the default
-    use_source('sample')
-    """
-    unknown = sorted(set(options) - set(_SOURCE_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"use_source() got unknown options {unknown}; it takes {list(_SOURCE_OPTIONS)} "
-            "(passed to xembed.open_embeddings)"
-        )
-    is_path = isinstance(source, os.PathLike) or (
-        isinstance(source, str)
-        and source not in _SOURCES
-        and (os.sep in source or "://" in source or os.path.isdir(source))
-    )
-    if not is_path and source not in _SOURCES:
-        raise SourceError(
-            f"unknown source {source!r}; expected one of {list(_SOURCES)} or the path of a "
-            "local mirror folder (one holding aef_index.parquet)"
-        )
-    if source == "ee" and options.get("root") is not None:
-        raise TypeError("root= is for mirror sources; for source='ee' pass project=")
-    if source != "ee" and options.get("project") is not None:
-        raise TypeError(f"project= is only for source='ee', not source={source!r}")
-    setting = {"source": os.fspath(source) if is_path else source, **options}
-    previous = dict(_STATE)
-    _STATE.clear()
-    _STATE.update(setting)
-    return SourceSetting(dict(setting), previous)
-
-
-def current_source() -> dict[str, Any]:
-    """The source the compat calls read, as :func:`use_source` set it.
-
-    Examples
-    --------
-    >>> current_source()
-    {'source': 'sample'}
-    """
-    return dict(_STATE)
-
-
-def _open(
-    where: Any, years: Sequence[int], *, clip: bool, setting: Mapping[str, Any] | None = None
-) -> xr.Dataset:
-    from xembed.cube import open_embeddings
-
-    opts = dict(_STATE if setting is None else setting)
-    return open_embeddings(where, years, clip=clip, **opts)
-
-
-# --------------------------------------------------------------------------- geometry
-
-
-class _Bounds(tuple[float, ...]):
-    """``(minx, miny, maxx, maxy)`` as shapely gives it; calling it is Earth Engine's bounds().
-
-    So ``geometry.bounds`` still unpacks and compares as shapely's tuple,
-    and ``geometry.bounds()`` returns the bounding rectangle as an
-    :class:`EEGeometry`.
-    """
-
-    __slots__ = ()
-
-    def __call__(self, maxError: Any = None, proj: Any = None, geodesics: Any = None) -> EEGeometry:
-        if proj is not None:
-            raise ValueError(
-                "bounds(proj=...) is not supported: the rectangle is in EPSG:4326 lon/lat; "
-                "drop proj="
-            )
-        if not all(np.isfinite(self)):
-            raise ValueError("an empty geometry has no bounds")
-        return EEGeometry(shapely.box(*self))
-
-
-def _unwrap(obj: Any) -> Any:
-    return obj._geom if isinstance(obj, EEGeometry) else obj
-
-
-class EEGeometry:
-    """A shapely geometry in EPSG:4326 that also answers Earth Engine's metre-based calls.
-
-    The notebook calls ``site.geometry.buffer(500).bounds()`` on an Earth
-    Engine geometry: a 500 **metre** buffer, then its bounding rectangle.
-    On a shapely polygon in lon/lat that would be a 500 *degree* buffer,
-    and ``bounds`` is a tuple, not a method. An ``EEGeometry`` wraps the
-    shapely geometry and changes exactly two things:
-
-    - :meth:`buffer` takes metres (the buffer is made in the geometry's UTM
-      zone and brought back to lon/lat);
-    - :attr:`bounds` is shapely's tuple, which can also be *called*:
-      ``geometry.bounds()`` is the rectangle, as an ``EEGeometry``.
-
-    Every other attribute is the shapely geometry's (``.wkt``, ``.area`` in
-    square degrees, ``.centroid``, ``.intersects(other)`` ...), and it has
-    ``__geo_interface__``, so xembed, ``shapely.geometry.shape`` and
-    anything else that reads GeoJSON-like objects (geopandas too) take it;
-    its own shapely methods accept ``EEGeometry`` arguments. What it is
-    *not* is a ``shapely.Geometry`` instance: ``isinstance`` checks,
-    shapely's functions (``shapely.intersection(a, b)``) and methods of
-    other geometries (``polygon.intersects(site.geometry)``) need the plain
-    object, :attr:`shapely` (``site.geometry.shapely``), or sites from
-    :func:`xembed.load_sites`.
-
-    Parameters
-    ----------
-    geometry : shapely geometry, EEGeometry or GeoJSON-like
-        In EPSG:4326 longitude/latitude.
-
-    Examples
-    --------
-    >>> from shapely.geometry import box
-    >>> g = EEGeometry(box(-48.01, -22.61, -48.0, -22.6))
-    >>> g.bounds  # shapely's tuple
-    (-48.01, -22.61, -48.0, -22.6)
-    >>> rect = g.buffer(500).bounds()  # Earth Engine's calls, in metres
-    >>> rect
-    EEGeometry(POLYGON ((-47.995141 -22.614512, -47.995141 -22.595488, -48.014859 -22.595488...)
-    >>> from xembed.grid import project  # check the distance in metres, in UTM 22S
-    >>> near, far = (project(x, "EPSG:4326", "EPSG:32722") for x in (g, g.buffer(500)))
-    >>> round(far.hausdorff_distance(near))
-    500
-    >>> g.geom_type, g.shapely.geom_type
-    ('Polygon', 'Polygon')
-    """
-
-    __slots__ = ("_geom",)
-    _geom: BaseGeometry
-
-    def __init__(self, geometry: Any) -> None:
-        geometry = _unwrap(geometry)
-        if not isinstance(geometry, BaseGeometry):
-            geo = getattr(geometry, "__geo_interface__", geometry)
-            if not isinstance(geo, Mapping):
-                raise TypeError(
-                    "EEGeometry wraps a shapely geometry (or a GeoJSON-like object) in EPSG:4326, "
-                    f"got {type(geometry).__name__}"
-                )
-            if geo.get("type") == "Feature":
-                geo = geo["geometry"]
-            geometry = shapely.geometry.shape(geo)
-        object.__setattr__(self, "_geom", geometry)
-
-    @property
-    def shapely(self) -> BaseGeometry:
-        """The plain shapely geometry (EPSG:4326)."""
-        return self._geom
-
-    @property
-    def __geo_interface__(self) -> dict[str, Any]:
-        return dict(self._geom.__geo_interface__)
-
-    @property
-    def bounds(self) -> _Bounds:
-        """``(minx, miny, maxx, maxy)``; call it (``bounds()``) for the rectangle geometry."""
-        return _Bounds(self._geom.bounds)
-
-    def buffer(self, distance: float, maxError: Any = None, proj: Any = None) -> EEGeometry:
-        """Earth Engine's ``buffer``: grow (or shrink, if negative) by ``distance`` metres.
-
-        The geometry is projected into its UTM zone (:func:`xembed.grid.utm_crs`),
-        buffered with round joins (error under 1 m for a 500 m buffer) and
-        projected back to EPSG:4326. ``maxError`` is accepted and ignored;
-        ``proj`` (distances in another CRS) is not supported.
-
-        Examples
-        --------
-        >>> import shapely
-        >>> g = EEGeometry(shapely.Point(-48.0, -22.6).buffer(0.001))
-        >>> g.buffer(100).area > g.area
-        True
-        """
-        from xembed.grid import project, utm_crs
-
-        if proj is not None:
-            raise ValueError(
-                "buffer(proj=...) is not supported: distances are metres, applied in the "
-                "geometry's UTM zone; drop proj="
-            )
-        try:
-            distance = float(distance)
-        except (TypeError, ValueError) as err:
-            raise TypeError(
-                f"buffer distance must be a number of metres, got {distance!r}"
-            ) from err
-        crs = utm_crs(self._geom)
-        local = project(self._geom, "EPSG:4326", crs)
-        grown = local.buffer(distance, quad_segs=16)
-        if grown.is_empty:
-            return EEGeometry(grown)
-        return EEGeometry(project(grown, crs, "EPSG:4326"))
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "_geom":  # during unpickling, before __init__
-            raise AttributeError(name)
-        attr = getattr(self._geom, name)
-        if callable(attr):
-            # shapely methods (intersects, union...) get plain geometries as arguments.
-            def call(*args: Any, **kwargs: Any) -> Any:
-                return attr(*map(_unwrap, args), **{k: _unwrap(v) for k, v in kwargs.items()})
-
-            call.__name__ = name
-            call.__doc__ = attr.__doc__
-            return call
-        return attr
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("EEGeometry is immutable (as shapely geometries are)")
-
-    def __eq__(self, other: object) -> bool:
-        other = _unwrap(other)
-        return isinstance(other, BaseGeometry) and bool(self._geom == other)
-
-    def __hash__(self) -> int:
-        return hash(self._geom)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (EEGeometry, (self._geom,))
-
-    def __repr__(self) -> str:
-        wkt = shapely.to_wkt(self._geom, rounding_precision=6)
-        return f"EEGeometry({wkt if len(wkt) <= 80 else wkt[:77] + '...'})"
-
-    def __str__(self) -> str:
-        return self._geom.wkt
-
-    def _repr_svg_(self) -> str:
-        return self._geom._repr_svg_()
-
-
-def _shapely(geometry: Any) -> BaseGeometry:
-    """A plain shapely geometry (EPSG:4326) from the kinds the notebook passes around."""
-    if isinstance(geometry, _sites.Site):
-        geometry = geometry.geometry
-    geometry = _unwrap(geometry)
-    if isinstance(geometry, BaseGeometry):
-        return geometry
-    return EEGeometry(geometry).shapely
-
-
-# --------------------------------------------------------------------------- sites
 
 
 class Site(_sites.Site):
@@ -410,7 +52,7 @@ class Site(_sites.Site):
 
     def __post_init__(self) -> None:
         # The core validates a plain shapely polygon; the wrapper goes on afterwards.
-        object.__setattr__(self, "geometry", _unwrap(self.geometry))
+        object.__setattr__(self, "geometry", unwrap(self.geometry))
         super().__post_init__()
         object.__setattr__(self, "geometry", EEGeometry(self.geometry))
 
@@ -429,7 +71,7 @@ class Site(_sites.Site):
 
 
 def _compat_site(site: _sites.Site) -> Site:
-    return Site(site.id, site.start_year, _unwrap(site.geometry), site.properties)
+    return Site(site.id, site.start_year, unwrap(site.geometry), site.properties)
 
 
 def load_sites(source: Any, **kwargs: Any) -> list[Site]:
@@ -458,9 +100,6 @@ def load_sites(source: Any, **kwargs: Any) -> list[Site]:
     Site(id=3107, start_year=2016)
     """
     return [_compat_site(s) for s in _sites.load_sites(source, **kwargs)]
-
-
-# --------------------------------------------------------------------------- extraction
 
 
 def _timestamp(value: Any, name: str) -> pd.Timestamp:
@@ -571,12 +210,9 @@ def extract_continuous(
             f"reducer {reducer!r} is not supported; use one of {list(REDUCERS)} (by name)"
         )
     years = _years_between(start_date, end_date)
-    where = site if isinstance(site, _sites.Site) else _shapely(site)
-    cube = _open(where, years, clip=True)
+    where = site if isinstance(site, _sites.Site) else to_shapely(site)
+    cube = open_with_source(where, years, clip=True)
     return to_frame(cube, reducer=reducer)  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------- images
 
 
 def _check_year(year: Any) -> int:
@@ -628,8 +264,8 @@ def get_embedding_image(geometry: Any, year: int, bands: Sequence[str] | None = 
     """
     year = _check_year(year)
     chosen = None if bands is None else _band_list(bands, "bands")
-    where = geometry if isinstance(geometry, _sites.Site) else _shapely(geometry)
-    cube = _open(where, [year], clip=False)
+    where = geometry if isinstance(geometry, _sites.Site) else to_shapely(geometry)
+    cube = open_with_source(where, [year], clip=False)
     if chosen is not None:
         cube = cube.sel(band=chosen)
     return cube
@@ -681,20 +317,20 @@ def _dimensions(dimensions: Any) -> int | None:
 def _setting_of(image: xr.Dataset) -> dict[str, Any]:
     """The source an image was read from (to read a wider window of the same data)."""
     kind, root = image.attrs.get("source"), image.attrs.get("source_root")
-    setting = {k: v for k, v in _STATE.items() if k == "chunks"}
+    setting = {k: v for k, v in STATE.items() if k == "chunks"}
     if kind in ("sample", "cog") and root:
         return {**setting, "source": kind, "root": root}
     if kind == "ee":
-        project = _STATE.get("project") if _STATE.get("source") == "ee" else None
+        project = STATE.get("project") if STATE.get("source") == "ee" else None
         return {**setting, "source": "ee", "project": project}
-    return dict(_STATE)
+    return dict(STATE)
 
 
 def _region_image(image: xr.Dataset, region: Any, year: int) -> xr.Dataset:
     """The part of ``image`` inside ``region``; read anew if the region reaches past it."""
     from xembed.grid import target_grid
 
-    geom = _shapely(region)
+    geom = to_shapely(region)
     if geom.geom_type not in ("Polygon", "MultiPolygon") or geom.area == 0:
         geom = shapely.box(*geom.bounds)
         if geom.area == 0:
@@ -714,7 +350,7 @@ def _region_image(image: xr.Dataset, region: Any, year: int) -> xr.Dataset:
     if inside:
         return image.sel(x=slice(grid.west, grid.east), y=slice(grid.north, grid.south))
     # Like an Earth Engine image, the data go on past the window the cube was opened for.
-    wider = _open(geom, [year], clip=False, setting=_setting_of(image))
+    wider = open_with_source(geom, [year], clip=False, setting=_setting_of(image))
     return wider.sel(band=[str(b) for b in image["band"].values])
 
 
@@ -800,7 +436,7 @@ def render_image(
     return _render.render(
         shown,
         years[0],
-        boundary=False if boundary is None else _shapely(boundary),
+        boundary=False if boundary is None else to_shapely(boundary),
         label=False if label is None else str(label),
         dimensions=size,
         bands=bands,

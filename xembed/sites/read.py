@@ -1,130 +1,43 @@
-"""Sites: the polygons xembed builds cubes for, and how to load them.
-
-A :class:`Site` is an id, an optional restoration start year, a
-Polygon/MultiPolygon in EPSG:4326 lon/lat and a dict of other attributes.
-:func:`load_sites` reads them from GeoJSON (including the legacy ``"crs"``
-member), GeoPackage, Shapefile, GeoDataFrames and GeoJSON mappings;
-:func:`as_site` turns one geometry, Feature or Site into a :class:`Site`.
-"""
+"""Reading sites: files, GeoDataFrames, GeoJSON mappings and single site-like objects."""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import errno
 import json
-import math
-import numbers
 import os
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import shapely
-from shapely.geometry import GeometryCollection, MultiPolygon, Polygon, shape
+from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
-from xembed._util import stacklevel
 from xembed.errors import SiteError
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
-__all__ = ["Site", "as_site", "load_sites"]
+from xembed.sites.clean import (
+    NOT_LONLAT,
+    is_geopandas,
+    is_missing,
+    name_ids,
+    name_list,
+    not_lonlat_kind,
+    py_scalar,
+    to_id,
+)
+from xembed.sites.site import Site
+
+__all__ = ["as_site", "as_sites", "load_sites"]
 
 #: Columns tried, in order, for the site id when ``id_field`` is not given.
 ID_FIELDS: tuple[str, ...] = ("rid", "id", "site_id")
 
 _FORMATS = "GeoJSON (.geojson/.json), GeoPackage (.gpkg) or Shapefile (.shp)"
 _GEOJSON_DRIVERS = frozenset({"GeoJSON"})
-_MAX_NAMED = 10  # ids listed in one message before "..."
-
-
-@dataclass(frozen=True, repr=False)
-class Site:
-    """One site: an id, a start year and a polygon in EPSG:4326 lon/lat.
-
-    Construction validates and normalises the fields, so every ``Site`` is
-    safe to build a cube for: numpy and integral float ids/years (as pandas
-    produces them) become ``int``, a missing year (``NaN``) becomes ``None``,
-    Z coordinates are dropped and an invalid polygon is repaired with
-    :func:`shapely.make_valid` (with a ``UserWarning``).
-
-    Parameters
-    ----------
-    id : int or str
-        The site's identifier (unique within a collection of sites).
-    start_year : int or None
-        Year the restoration (or whatever happened at the site) started.
-    geometry : shapely.Polygon or shapely.MultiPolygon
-        Site boundary, longitude/latitude in EPSG:4326.
-    properties : Mapping, optional
-        Other attributes, copied into a plain ``dict``.
-
-    Raises
-    ------
-    SiteError
-        If the geometry is missing, empty, not polygonal, cannot be repaired
-        or is not in lon/lat range, or if the id or year is not usable.
-
-    Examples
-    --------
-    >>> from shapely.geometry import box
-    >>> site = Site(3107, 2016.0, box(-48.0, -22.6, -47.99, -22.59), {"name": "Fazenda"})
-    >>> site
-    Site(id=3107, start_year=2016)
-    >>> site.geometry.bounds
-    (-48.0, -22.6, -47.99, -22.59)
-    >>> site.properties["name"]
-    'Fazenda'
-    """
-
-    id: int | str
-    start_year: int | None
-    geometry: Polygon | MultiPolygon
-    properties: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # Frozen dataclass: normalised values are stored with object.__setattr__.
-        site_id = _to_id(self.id)
-        object.__setattr__(self, "id", site_id)
-        object.__setattr__(self, "start_year", _to_year(self.start_year, site_id))
-        object.__setattr__(self, "geometry", _clean_geometry(self.geometry, site_id))
-        if not isinstance(self.properties, Mapping):
-            raise SiteError(
-                f"site {site_id!r}: properties must be a mapping (dict), "
-                f"got {type(self.properties).__name__}"
-            )
-        # A private copy, so mutating the caller's dict cannot change the site.
-        object.__setattr__(self, "properties", dict(self.properties))
-
-    def __repr__(self) -> str:
-        return f"Site(id={self.id!r}, start_year={self.start_year!r})"
-
-    # eq compares the properties dict too, which is unhashable; hashing a
-    # subset of the compared fields keeps ``a == b`` => ``hash(a) == hash(b)``.
-    def __hash__(self) -> int:
-        return hash((self.id, self.start_year, self.geometry))
-
-    @property
-    def __geo_interface__(self) -> dict[str, Any]:
-        """The site as a GeoJSON Feature (``as_site`` turns it back into an equal Site).
-
-        Examples
-        --------
-        >>> from shapely.geometry import box
-        >>> feature = Site("a", None, box(0, 0, 1, 1)).__geo_interface__
-        >>> feature["id"], feature["properties"], feature["geometry"]["type"]
-        ('a', {'start_year': None}, 'Polygon')
-        """
-        return {
-            "type": "Feature",
-            "id": self.id,
-            "properties": {**self.properties, "start_year": self.start_year},
-            "geometry": shapely.geometry.mapping(self.geometry),
-        }
 
 
 def load_sites(
@@ -272,12 +185,12 @@ def as_site(where: Any, *, id: int | str | None = None) -> Site:
     Site(id='plot-a', start_year=2019)
     """
     if isinstance(where, Site):
-        if id is None or _to_id(id) == where.id:
+        if id is None or to_id(id) == where.id:
             return where
         return dataclasses.replace(where, id=id)
     if isinstance(where, BaseGeometry):
         return Site(id=0 if id is None else id, start_year=None, geometry=where)
-    if _is_geopandas(where) or isinstance(where, Mapping) or hasattr(where, "__geo_interface__"):
+    if is_geopandas(where) or isinstance(where, Mapping) or hasattr(where, "__geo_interface__"):
         sites = load_sites(where)
         if len(sites) != 1:
             raise SiteError(
@@ -306,7 +219,7 @@ def as_sites(sites: Any) -> list[Site]:
     >>> as_sites([box(0, 0, 1, 1), box(1, 0, 2, 1)])
     [Site(id=0, start_year=None), Site(id=1, start_year=None)]
     """
-    if isinstance(sites, (str, os.PathLike)) or _is_geopandas(sites):
+    if isinstance(sites, (str, os.PathLike)) or is_geopandas(sites):
         return load_sites(sites)
     if isinstance(sites, (Site, BaseGeometry)):
         return [as_site(sites)]
@@ -487,7 +400,7 @@ def _sites_from_frame(
     missing = [i for i, g in zip(ids, geoms, strict=True) if g is None or g.is_empty]
     if missing:
         raise SiteError(
-            f"{what}: {_name_ids(missing, 'has', 'have')} no geometry (null or empty); "
+            f"{what}: {name_ids(missing, 'has', 'have')} no geometry (null or empty); "
             "drop them first, e.g. gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]"
         )
     wrong = [
@@ -497,32 +410,11 @@ def _sites_from_frame(
     ]
     if wrong:
         raise SiteError(
-            f"{what}: {_name_ids(wrong, 'is not a polygon', 'are not polygons', str)}; "
+            f"{what}: {name_ids(wrong, 'is not a polygon', 'are not polygons', str)}; "
             "xembed needs Polygon or MultiPolygon site boundaries (buffer points/lines into "
             "areas first)"
         )
-    if gdf.crs.is_geographic:
-        bounds = geoms.bounds.to_numpy()
-        outside = (np.abs(bounds[:, [0, 2]]) > 180).any(axis=1) | (
-            np.abs(bounds[:, [1, 3]]) > 90
-        ).any(axis=1)
-        if outside.any():
-            bad = [i for i, o in zip(ids, outside, strict=True) if o]
-            rows = bounds[outside]
-            extent = (rows[:, 0].min(), rows[:, 1].min(), rows[:, 2].max(), rows[:, 3].max())
-            kind = _not_lonlat_kind(*extent)
-            if kind == "projected":
-                fix = (
-                    "they look projected (metres). Set the CRS they are really in, e.g. "
-                    "gdf = gdf.set_crs('EPSG:5880', allow_override=True) on the GeoDataFrame "
-                    "(read a file with geopandas.read_file first), then call load_sites(gdf)"
-                )
-            else:
-                fix = _NOT_LONLAT[kind]
-            raise SiteError(
-                f"{what} is declared {gdf.crs.to_string()} (lon/lat degrees) but "
-                f"{_name_ids(bad, 'has', 'have')} coordinates beyond ±180/±90: {fix}"
-            )
+    _check_lonlat(gdf, ids, what)
     if not gdf.crs.equals("EPSG:4326"):
         geoms = gdf.to_crs("EPSG:4326").geometry
 
@@ -538,10 +430,36 @@ def _sites_from_frame(
             id=site_id,
             start_year=year,
             geometry=geom,
-            properties={str(k): _py_scalar(v) for k, v in rec.items()},
+            properties={str(k): py_scalar(v) for k, v in rec.items()},
         )
         for site_id, year, geom, rec in zip(ids, years, geoms, records, strict=True)
     ]
+
+
+def _check_lonlat(gdf: gpd.GeoDataFrame, ids: Sequence[Any], what: str) -> None:
+    """Refuse coordinates beyond ±180/±90 in a lon/lat frame, saying what they look like."""
+    if not gdf.crs.is_geographic:
+        return
+    bounds = gdf.geometry.bounds.to_numpy()
+    beyond_lon = (np.abs(bounds[:, [0, 2]]) > 180).any(axis=1)
+    outside = beyond_lon | (np.abs(bounds[:, [1, 3]]) > 90).any(axis=1)
+    if outside.any():
+        bad = [i for i, o in zip(ids, outside, strict=True) if o]
+        rows = bounds[outside]
+        extent = (rows[:, 0].min(), rows[:, 1].min(), rows[:, 2].max(), rows[:, 3].max())
+        kind = not_lonlat_kind(*extent)
+        if kind == "projected":
+            fix = (
+                "they look projected (metres). Set the CRS they are really in, e.g. "
+                "gdf = gdf.set_crs('EPSG:5880', allow_override=True) on the GeoDataFrame "
+                "(read a file with geopandas.read_file first), then call load_sites(gdf)"
+            )
+        else:
+            fix = NOT_LONLAT[kind]
+        raise SiteError(
+            f"{what} is declared {gdf.crs.to_string()} (lon/lat degrees) but "
+            f"{name_ids(bad, 'has', 'have')} coordinates beyond ±180/±90: {fix}"
+        )
 
 
 def _pick_id_column(columns: list[Hashable], id_field: str | None, what: str) -> Hashable | None:
@@ -560,16 +478,16 @@ def _normalise_ids(raw: Iterable[Any], column: Hashable | None, what: str) -> li
     ids: list[int | str] = []
     missing: list[int] = []
     for row, value in enumerate(raw):
-        if _is_missing(value):
+        if is_missing(value):
             missing.append(row)
             continue
         try:
-            ids.append(_to_id(value))
+            ids.append(to_id(value))
         except SiteError as err:
             raise SiteError(f"row {row}: {err}") from None
     if missing:
         raise SiteError(
-            f"{'row' if len(missing) == 1 else 'rows'} {_name_list(missing)} "
+            f"{'row' if len(missing) == 1 else 'rows'} {name_list(missing)} "
             f"{'has' if len(missing) == 1 else 'have'} no site id in {source}; "
             "give every feature an id, or pass id_field= to use another column"
         )
@@ -579,7 +497,7 @@ def _normalise_ids(raw: Iterable[Any], column: Hashable | None, what: str) -> li
     duplicated = [i for i, n in seen.items() if n > 1]
     if duplicated:
         raise SiteError(
-            f"duplicate site ids {_name_list(duplicated)} in {source}; ids must be unique: "
+            f"duplicate site ids {name_list(duplicated)} in {source}; ids must be unique: "
             "renumber or drop the duplicates, or pass id_field= to use another column"
         )
     return ids
@@ -588,172 +506,4 @@ def _normalise_ids(raw: Iterable[Any], column: Hashable | None, what: str) -> li
 # --------------------------------------------------------------------------- value cleaning
 
 
-def _to_id(value: Any) -> int | str:
-    """A site id as a plain ``int`` or ``str`` (numpy and integral floats accepted)."""
-    if isinstance(value, (bool, np.bool_)):
-        raise SiteError(f"site id {value!r} is a boolean; expected an int or a str")
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        if math.isfinite(value) and float(value).is_integer():
-            return int(float(value))
-        raise SiteError(f"site id {value!r} is not a whole number; expected an int or a str")
-    if isinstance(value, str):
-        return str(value)  # also turns numpy.str_ into str
-    raise SiteError(f"site id {value!r} is a {type(value).__name__}; expected an int or a str")
-
-
-def _to_year(value: Any, site_id: int | str) -> int | None:
-    """A start year as ``int`` or ``None``; pandas gives floats (2016.0) and NaN."""
-    if _is_missing(value):
-        return None
-    if isinstance(value, str):
-        if not value.strip():
-            return None
-        try:  # years typed as text, e.g. in a spreadsheet-made file
-            return int(value.strip())
-        except ValueError:
-            pass
-    elif not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real):
-        if float(value).is_integer():
-            return int(float(value))
-    raise SiteError(f"site {site_id!r}: start_year {value!r} is not a year; expected an int")
-
-
-def _clean_geometry(geom: Any, site_id: int | str) -> Polygon | MultiPolygon:
-    """Check a site geometry and repair it if invalid (warning), in EPSG:4326."""
-    if geom is None:
-        raise SiteError(f"site {site_id!r} has no geometry; expected a Polygon or MultiPolygon")
-    if not isinstance(geom, (Polygon, MultiPolygon)):
-        raise SiteError(
-            f"site {site_id!r}: geometry is a {getattr(geom, 'geom_type', type(geom).__name__)}; "
-            "xembed needs a Polygon or MultiPolygon (buffer points/lines into areas first)"
-        )
-    if geom.is_empty:
-        raise SiteError(f"site {site_id!r}: geometry is empty; expected a non-empty polygon")
-    if geom.has_z:
-        geom = shapely.force_2d(geom)  # elevation plays no part in pixel coverage
-    xmin, ymin, xmax, ymax = geom.bounds
-    if not (-180 <= xmin <= xmax <= 180 and -90 <= ymin <= ymax <= 90):
-        raise SiteError(
-            f"site {site_id!r}: coordinates {geom.bounds} are not EPSG:4326 lon/lat: "
-            + _NOT_LONLAT[_not_lonlat_kind(xmin, ymin, xmax, ymax)]
-        )
-    if geom.is_valid:
-        return geom
-    reason = shapely.is_valid_reason(geom)
-    repaired = _polygonal_part(shapely.make_valid(geom))
-    if repaired is None:
-        raise SiteError(
-            f"site {site_id!r}: invalid geometry ({reason}) has no area left after "
-            "shapely.make_valid (it collapses to lines or points); fix its vertices so that "
-            "it encloses an area, or drop the site"
-        )
-    warnings.warn(
-        f"site {site_id!r}: invalid geometry ({reason}) repaired with shapely.make_valid; "
-        "check the result, or fix the polygon in the site file to silence this warning",
-        UserWarning,
-        stacklevel=stacklevel(),
-    )
-    return repaired
-
-
-#: What coordinates that are not lon/lat look like, and the fix (see _not_lonlat_kind).
-_NOT_LONLAT = {
-    "swapped": (
-        "latitudes beyond ±90 whose longitudes would all be valid latitudes: the coordinates "
-        "look swapped, (lat, lon) instead of (lon, lat); swap them, e.g. "
-        "shapely.ops.transform(lambda x, y: (y, x), geometry), or for a GeoDataFrame "
-        "gdf.geometry = gdf.geometry.map(lambda g: shapely.ops.transform(lambda x, y: (y, x), g))"
-    ),
-    "0-360": (
-        "longitudes beyond 180 with valid latitudes look like 0..360 degree longitudes; "
-        "subtract 360 from longitudes above 180, and split a site that crosses the "
-        "antimeridian (180 degrees) into one part on each side"
-    ),
-    "projected": ("they look projected (metres); reproject them to EPSG:4326 or set the right CRS"),
-}
-
-
-def _not_lonlat_kind(xmin: float, ymin: float, xmax: float, ymax: float) -> str:
-    """Why bounds beyond +-180/+-90 are not lon/lat: a key of :data:`_NOT_LONLAT`.
-
-    Only what the numbers prove: latitudes past 90 whose x values are all
-    valid latitudes are (lat, lon) pairs; longitudes in (180, 360] with valid
-    latitudes are 0..360 longitudes; anything larger is metres. A (lat, lon)
-    site whose longitude is within +-90 looks like valid lon/lat here: it is
-    caught when it falls outside a source's footprint (``open_embeddings``).
-    """
-    if max(abs(xmin), abs(xmax)) <= 90 and max(abs(ymin), abs(ymax)) <= 180:
-        return "swapped"
-    if -180 <= xmin and xmax <= 360 and max(abs(ymin), abs(ymax)) <= 90:
-        return "0-360"
-    return "projected"
-
-
-def _polygonal_part(geom: BaseGeometry) -> Polygon | MultiPolygon | None:
-    """The areal part of make_valid's output (which may add lines and points)."""
-    if isinstance(geom, (Polygon, MultiPolygon)):
-        return None if geom.is_empty else geom
-    if isinstance(geom, GeometryCollection):
-        parts = [g for g in geom.geoms if isinstance(g, (Polygon, MultiPolygon)) and not g.is_empty]
-        if parts:
-            merged = shapely.union_all(parts)
-            if isinstance(merged, (Polygon, MultiPolygon)) and not merged.is_empty:
-                return merged
-    return None
-
-
-def _py_scalar(value: Any) -> Any:
-    """A plain Python value for a properties dict (no numpy/pandas scalars, NaN -> None)."""
-    import pandas as pd
-
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (list, tuple, dict, set)):
-        return value
-    if _is_missing(value):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
-    if isinstance(value, pd.Timedelta):
-        return value.to_pytimedelta()
-    if isinstance(value, np.datetime64):
-        return pd.Timestamp(value).to_pydatetime()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _is_missing(value: Any) -> bool:
-    """None, NaN, pandas NA or NaT (scalars only)."""
-    import pandas as pd
-
-    if value is None:
-        return True
-    if isinstance(value, (str, bytes, _dt.date, list, tuple, dict, set, np.ndarray)):
-        return value is pd.NaT
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _is_geopandas(obj: Any) -> bool:
-    return type(obj).__module__.split(".")[0] == "geopandas"
-
-
-def _name_ids(ids: Sequence[Any], one: str, many: str, fmt: Callable[[Any], str] = repr) -> str:
-    """``site 3 has`` / ``sites 3, 4 have``: messages that read right for one or many."""
-    if len(ids) == 1:
-        return f"site {fmt(ids[0])} {one}"
-    return f"sites {_name_list(ids, fmt)} {many}"
-
-
-def _name_list(items: Sequence[Any], fmt: Callable[[Any], str] = repr) -> str:
-    shown = ", ".join(fmt(i) for i in items[:_MAX_NAMED])
-    more = f", ... ({len(items)} in all)" if len(items) > _MAX_NAMED else ""
-    return shown + more
