@@ -328,7 +328,7 @@ def test_files_hold_data_only_on_their_zone_side(
     sample_root: Path, index: gpd.GeoDataFrame
 ) -> None:
     """Zone-clipped, plus ~30 m of overlap so the mosaic has no seam at -48 deg."""
-    from xembed.sources.sample import _ZONE_OVERLAP_DEG as overlap
+    from xembed.sources.sample.layout import ZONE_OVERLAP_DEG as overlap
 
     for row in index[index["year"] == 2018].itertuples():
         with rasterio.open(sample_root / row.path) as src:

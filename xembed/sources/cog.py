@@ -38,7 +38,6 @@ import hashlib
 import http.client
 import io
 import logging
-import math
 import os
 import random
 import re
@@ -60,18 +59,23 @@ from xembed.errors import DataNotFoundError, ReadError, SourceError
 from xembed.grid import Grid
 from xembed.schema import BANDS, NODATA, dequantize
 from xembed.sources.common import INDEX_COLUMNS, CubeStack
+from xembed.sources.retry import RetryPolicy
 
 __all__ = [
     "DEFAULT_ROOT",
+    "GDAL_ENV",
     "INDEX_COLUMNS",
     "RETRY",
     "MosaicReader",
     "ReadError",
     "RetryPolicy",
     "available_years",
+    "gdal_path",
     "https_url",
+    "load_index",
     "plan_mosaic",
     "read_index",
+    "with_hrefs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,7 +93,7 @@ _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # - parallel range requests, consecutive ranges merged;
 # - a tile that cannot be read is an error, never a block of zeros (GDAL's
 #   GTIFF_IGNORE_READ_ERRORS=YES would fill it with zeros: pin it off).
-_GDAL_ENV = {
+GDAL_ENV = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff",
     "GDAL_HTTP_MAX_RETRY": "0",
@@ -101,118 +105,6 @@ _GDAL_ENV = {
 
 class _Corrupt(OSError):
     """A file opened, but its header is not what a mirror file has (e.g. cut short)."""
-
-
-def _env_number(name: str, default: float, kind: Callable[[str], Any]) -> Any:
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return default
-    try:
-        return kind(value)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ValueError(
-            f"environment variable {name}={value!r} is not {what}; unset it or set it to "
-            f"{what} such as {default!r}"
-        ) from None
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How remote reads retry transient failures.
-
-    A failed read is tried again up to ``attempts`` times in all, sleeping
-    ``min(max_backoff, backoff * 2 ** (n - 1))`` seconds (times a random
-    factor in [0.5, 1], so that parallel readers spread out) after the n-th
-    failure. With the defaults a read gives up after 5 attempts and at most
-    7.5 s of sleep (:attr:`budget`), plus up to ``timeout`` for each request
-    that stalls.
-
-    Parameters
-    ----------
-    attempts : int, default 5
-        Tries per read in all (1: no retries).
-    backoff : float, default 0.5
-        Seconds to wait after the first failure; doubled after each next one.
-    max_backoff : float, default 8.0
-        Cap on a single wait.
-    timeout : float, default 30.0
-        Seconds a request may make no progress (connecting, or receiving
-        nothing) before it is abandoned and counts as a failure. GDAL
-        applies it in whole seconds (at least 1).
-
-    Examples
-    --------
-    >>> policy = RetryPolicy(attempts=4, backoff=0.5, max_backoff=1.5)
-    >>> [policy.delay(n) for n in (1, 2, 3)], policy.budget
-    ([0.5, 1.0, 1.5], 3.0)
-    >>> RetryPolicy(attempts=0)
-    Traceback (most recent call last):
-    ...
-    ValueError: RetryPolicy.attempts must be an integer >= 1 (1 means no retries), not 0
-    """
-
-    attempts: int = 5
-    backoff: float = 0.5
-    max_backoff: float = 8.0
-    timeout: float = 30.0
-
-    def __post_init__(self) -> None:
-        if (
-            isinstance(self.attempts, bool)
-            or not isinstance(self.attempts, int)
-            or self.attempts < 1
-        ):
-            raise ValueError(
-                "RetryPolicy.attempts must be an integer >= 1 (1 means no retries), "
-                f"not {self.attempts!r}"
-            )
-        for name in ("backoff", "max_backoff"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(
-                    f"RetryPolicy.{name} must be seconds >= 0, not {getattr(self, name)!r}"
-                )
-        if not self.timeout > 0:
-            raise ValueError(f"RetryPolicy.timeout must be seconds > 0, not {self.timeout!r}")
-
-    @classmethod
-    def from_env(cls) -> RetryPolicy:
-        """The default policy, with the fields the environment sets.
-
-        ``XEMBED_RETRY_ATTEMPTS``, ``XEMBED_RETRY_BACKOFF``,
-        ``XEMBED_RETRY_MAX_BACKOFF`` and ``XEMBED_HTTP_TIMEOUT`` override
-        ``attempts``, ``backoff``, ``max_backoff`` and ``timeout``.
-
-        Examples
-        --------
-        >>> RetryPolicy.from_env() == RetryPolicy()  # with none of them set
-        True
-        """
-        default = cls()
-        return cls(
-            attempts=_env_number("XEMBED_RETRY_ATTEMPTS", default.attempts, int),
-            backoff=_env_number("XEMBED_RETRY_BACKOFF", default.backoff, float),
-            max_backoff=_env_number("XEMBED_RETRY_MAX_BACKOFF", default.max_backoff, float),
-            timeout=_env_number("XEMBED_HTTP_TIMEOUT", default.timeout, float),
-        )
-
-    def delay(self, failures: int) -> float:
-        """The longest wait after the ``failures``-th failed attempt, in seconds."""
-        return float(min(self.max_backoff, self.backoff * 2 ** (failures - 1)))
-
-    @property
-    def budget(self) -> float:
-        """The most a read can sleep between attempts before giving up, in seconds."""
-        return float(sum(self.delay(n) for n in range(1, self.attempts)))
-
-    def gdal_options(self) -> dict[str, str]:
-        """GDAL's HTTP timeouts for this policy: a stall of ``timeout`` seconds fails."""
-        stall = str(max(1, math.ceil(self.timeout)))
-        return {
-            "GDAL_HTTP_CONNECTTIMEOUT": f"{self.timeout:g}",
-            "GDAL_HTTP_LOW_SPEED_TIME": stall,
-            "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
-        }
 
 
 #: The retry policy of every remote read; replace it to change the budget, e.g.
@@ -256,7 +148,7 @@ def https_url(url: str) -> str:
     raise SourceError(f"unsupported URL scheme in {url!r}; expected s3://, gs:// or https://")
 
 
-def _gdal_path(href: str) -> str:
+def gdal_path(href: str) -> str:
     return "/vsicurl/" + https_url(href) if _is_remote(href) else href
 
 
@@ -368,13 +260,13 @@ def _retrying(href: str, what: str, action: Callable[[Mapping[str, str]], _T]) -
     started = time.monotonic()
     first = ""
     for attempt in range(1, attempts + 1):
-        env = {**_GDAL_ENV, **policy.gdal_options()} if remote else dict(_GDAL_ENV)
+        env = {**GDAL_ENV, **policy.gdal_options()} if remote else dict(GDAL_ENV)
         if attempt > 1:
             # Bypass, and on close drop, what /vsicurl/ cached for this file: the
             # failure may have left "no such file" or a too-short size there.
             # (GDAL splits this option at ':', so it disables caching of every
             # /vsicurl/ URL in this thread while the retry runs: harmless.)
-            env["CPL_VSIL_CURL_NON_CACHED"] = _gdal_path(href)
+            env["CPL_VSIL_CURL_NON_CACHED"] = gdal_path(href)
         try:
             return action(env)
         except (rasterio.errors.RasterioError, CPLE_BaseError, _Corrupt) as err:
@@ -482,13 +374,13 @@ def _read_index_cached(location: str, fmt: str, stamp: float) -> pd.DataFrame:
     return table
 
 
-def _load_index(root: str) -> pd.DataFrame:
+def load_index(root: str) -> pd.DataFrame:
     location, fmt = _index_location(root)
     stamp = 0.0 if _is_remote(location) else os.stat(location).st_mtime
     return _read_index_cached(location, fmt, stamp)
 
 
-def _with_hrefs(root: str, table: pd.DataFrame) -> pd.DataFrame:
+def with_hrefs(root: str, table: pd.DataFrame) -> pd.DataFrame:
     hrefs = [_resolve(root, row.path, row.year, row.utm_zone) for row in table.itertuples()]
     table = table.assign(href=hrefs)
     if not _is_remote(root):
@@ -521,7 +413,7 @@ def read_index(root: str | os.PathLike[str]) -> pd.DataFrame:
     ['22S', '23S']
     """
     root = str(root).rstrip("/")
-    return _with_hrefs(root, _load_index(root))
+    return with_hrefs(root, load_index(root))
 
 
 def available_years(root: str | os.PathLike[str]) -> list[int]:
@@ -534,7 +426,7 @@ def available_years(root: str | os.PathLike[str]) -> list[int]:
     [2017, 2018, 2019, 2020, 2021, 2022, 2023, 2024]
     """
     root = str(root).rstrip("/")
-    table = _load_index(root) if _is_remote(root) else read_index(root)
+    table = load_index(root) if _is_remote(root) else read_index(root)
     return sorted(int(y) for y in table["year"].unique())
 
 
@@ -577,7 +469,7 @@ def _tile(href: str) -> Tile:
     import rasterio
 
     def header(env: Mapping[str, str]) -> Tile:
-        with rasterio.Env(**env), rasterio.open(_gdal_path(href)) as src:
+        with rasterio.Env(**env), rasterio.open(gdal_path(href)) as src:
             if src.crs is None:
                 raise _Corrupt("the header has no coordinate reference system (cut short?)")
             if src.count != len(BANDS) or src.dtypes[0] != "int8":
@@ -606,11 +498,11 @@ def plan_mosaic(
         If some requested year has no file that touches the grid.
     """
     root = str(root).rstrip("/")
-    index = _load_index(root)
+    index = load_index(root)
     box = shapely.box(*grid.lonlat_bounds)
     chosen = index[index["year"].isin(list(years))]
     # Resolve file locations only for the few rows that matter.
-    chosen = _with_hrefs(root, chosen[shapely.intersects(chosen["footprint"].to_numpy(), box)])
+    chosen = with_hrefs(root, chosen[shapely.intersects(chosen["footprint"].to_numpy(), box)])
     grid_crs = grid.crs.to_string()
     # Plain tuples of the columns used, sorted by path (the mosaic order):
     # pandas selections per year cost more than the rest of the plan.
@@ -703,7 +595,7 @@ def _read_tile(tile: Tile, band_index: np.ndarray, src_rows: np.ndarray, src_col
     indexes = [int(b) + 1 for b in band_index]
 
     def read(env: Mapping[str, str]) -> np.ndarray:
-        with rasterio.Env(**env), rasterio.open(_gdal_path(tile.href)) as src:
+        with rasterio.Env(**env), rasterio.open(gdal_path(tile.href)) as src:
             return src.read(indexes=indexes, window=window)
 
     what = f"window rows {r0}:{r1}, cols {c0}:{c1} ({len(indexes)} bands)"

@@ -357,7 +357,7 @@ def open_embeddings_ee(
 
     The cube has the schema, grid, coordinates and ``coverage`` of the COG
     source for the same site; values agree with the COG mirror up to its
-    int8 quantisation (against :func:`xembed.fake_ee.fake_earthengine`, which
+    int8 quantisation (against :func:`xembed.testing.fake_earthengine`, which
     serves a mirror, they are identical). Opening sends one ``value:compute``
     request (Xee's metadata query) and no pixel request; pixels are computed
     chunk by chunk, one request per band per chunk, when the cube is.
