@@ -26,7 +26,7 @@ reference="previous")``:
   performance model, no dask: 4096-pixel tiles copied contiguous and
   normalised, one einsum per pair of years, 2 threads over regions of tiles
   (full-width strips of rows, or the contiguous chunks);
-- ``xembed kernel, no dask``: xembed's block kernel (``_cosine_block``)
+- ``xembed kernel, no dask``: xembed's block kernel (``xembed.ops.cosine.cosine_block``)
   called on the same regions by the same 2 threads: the practical limit of
   that kernel on this layout, so ``xembed / this`` is the cost of dask;
 - ``xembed``: the public function on the dask cube, stored with ``da.store``;
@@ -69,7 +69,8 @@ from benchmarks._util import (
     table,
 )
 from xembed.cube import DEFAULT_CHUNKS
-from xembed.ops import _cosine_block, pairwise_similarity, similarity
+from xembed.ops import pairwise_similarity, similarity
+from xembed.ops.cosine import cosine_block
 from xembed.schema import BANDS
 
 N_BANDS = 64
@@ -247,7 +248,7 @@ def pool_kernel(storage: Storage, out: np.ndarray, mode: str, threads: int, kern
         if kernel == "reference":
             out[..., rows, cols] = _reference_region(view, mode)
         else:
-            out[..., rows, cols] = _cosine_block(view, mode)
+            out[..., rows, cols] = cosine_block(view, mode)
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(work, storage.regions()))
