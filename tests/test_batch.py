@@ -193,7 +193,7 @@ def test_chunks_under_no_site_are_never_read(monkeypatch):
     rows, cols = group.spatial_chunks(16, 16)
     assert len(rows) * len(cols) >= 80
     src = xembed.cube.resolve_source("sample", years=(2020,))
-    lazy = batch._lazy_group(group, src, (2020,), ("mean",), 16)
+    lazy = batch.run._lazy_group(group, src, (2020,), ("mean",), 16)
     log = ReadLog(monkeypatch)
     (means,) = lazy.compute()
     assert 2 <= len(log.reads) <= 16  # each plot: at most 2 x 2 chunks of 2 files
@@ -211,7 +211,7 @@ def test_planning_reads_nothing_and_computes_nothing(demo_sites, monkeypatch):
     assert not failed
     monkeypatch.setattr(cog, "_read_tile", refuse)
     with raise_if_dask_computes():
-        lazy = [batch._lazy_group(g, src, (2019, 2020), ("mean", "std"), None) for g in groups]
+        lazy = [batch.run._lazy_group(g, src, (2019, 2020), ("mean", "std"), None) for g in groups]
     assert len(lazy) == len(groups)
 
 
@@ -339,9 +339,9 @@ def test_store_refuses_other_arguments(demo_sites, tmp_path):
 def test_interrupt_then_resume_gives_the_identical_table(demo_sites, demo_table, tmp_path,
                                                          monkeypatch):  # fmt: skip
     store = tmp_path / "store"
-    monkeypatch.setattr(batch, "_GROUPS_PER_WORKER", 1)
-    monkeypatch.setattr(batch, "_workers", lambda client: 1)  # groups computed two at a time
-    real_commit = batch._Store.commit
+    monkeypatch.setattr(batch.run, "_GROUPS_PER_WORKER", 1)
+    monkeypatch.setattr(batch.run, "_workers", lambda client: 1)  # groups computed two at a time
+    real_commit = batch.store.Store.commit
     commits = []
 
     def commit_then_ctrl_c(self, frame):
@@ -351,17 +351,19 @@ def test_interrupt_then_resume_gives_the_identical_table(demo_sites, demo_table,
             raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(batch._Store, "commit", commit_then_ctrl_c)
+    monkeypatch.setattr(batch.store.Store, "commit", commit_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         extract(demo_sites, YEARS, store=store, progress=False)
-    monkeypatch.setattr(batch._Store, "commit", real_commit)
+    monkeypatch.setattr(batch.store.Store, "commit", real_commit)
     assert len(_parts(store)) == 2
     done = set(pd.read_parquet(store)["site_id"])
     # A half-written part (a crash inside to_parquet) lies around under its temporary name.
     (store / ".part-feedbeef.parquet.123-abcd.tmp").write_bytes(b"PAR1 truncated")
     computed = []
-    real_lazy = batch._lazy_group
-    monkeypatch.setattr(batch, "_lazy_group", lambda g, *a: computed.append(g) or real_lazy(g, *a))
+    real_lazy = batch.run._lazy_group
+    monkeypatch.setattr(
+        batch.run, "_lazy_group", lambda g, *a: computed.append(g) or real_lazy(g, *a)
+    )
     resumed = extract(demo_sites, YEARS, store=store, progress=False)
     pd.testing.assert_frame_equal(resumed, demo_table, check_exact=True)
     assert not {m.site.id for g in computed for m in g.members} & done  # finished: skipped
@@ -372,9 +374,9 @@ import sys, time
 import xembed
 from xembed import batch
 
-batch._GROUPS_PER_WORKER = 1
-batch._workers = lambda client: 1
-real = batch._Store.commit
+batch.run._GROUPS_PER_WORKER = 1
+batch.run._workers = lambda client: 1
+real = batch.store.Store.commit
 
 def slow_commit(self, frame):
     path = real(self, frame)
@@ -382,7 +384,7 @@ def slow_commit(self, frame):
     time.sleep(30)  # killed here, mid-run
     return path
 
-batch._Store.commit = slow_commit
+batch.store.Store.commit = slow_commit
 batch.extract(xembed.demo_sites(), range(2017, 2025), store=sys.argv[1], progress=False)
 """
 
@@ -430,8 +432,8 @@ def test_distributed_client_gives_the_same_table(demo_sites, monkeypatch):
     sites, years = demo_sites[:5], (2020, 2021)
     expected = extract(sites, years, progress=False)
     used = []
-    real = batch._run_distributed
-    monkeypatch.setattr(batch, "_run_distributed", lambda *a: used.append(1) or real(*a))
+    real = batch.run._run_distributed
+    monkeypatch.setattr(batch.run, "_run_distributed", lambda *a: used.append(1) or real(*a))
     with (
         distributed.LocalCluster(
             n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
