@@ -14,6 +14,7 @@ import xarray as xr
 
 from xembed import export
 from xembed.errors import SchemaError
+from xembed.export import _store
 from xembed.schema import dequantize, quantize
 from xembed.testing import make_cube, raise_if_dask_computes
 
@@ -243,7 +244,7 @@ def test_interrupt_after_metadata_cleans_up(
         seen.extend(p for p in tmp_path.iterdir() if ".tmp-" in p.name)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export, "_compute", interrupted)
+    monkeypatch.setattr(_store, "_compute", interrupted)
     path = target(tmp_path, fmt)
     with pytest.raises(KeyboardInterrupt):
         write(make_cube(shape=(8, 8)), path, fmt)

@@ -12,12 +12,13 @@ the site named.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
+
+from xembed._util import atomic_write
 
 __all__ = ["main", "parse_years"]
 
@@ -114,18 +115,11 @@ def _each_site(
 
 
 def _atomic_table(table: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        if path.suffix == ".parquet":
-            table.to_parquet(tmp, index=False)
-        elif path.suffix == ".csv":
-            table.to_csv(tmp, index=False)
-        else:
-            raise UsageError(f"--out {str(path)!r} must end in .csv or .parquet")
-        os.replace(tmp, path)  # never a half-written table
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``table`` as CSV or Parquet (by suffix) without its index; never half-written."""
+    write = {".parquet": table.to_parquet, ".csv": table.to_csv}.get(path.suffix)
+    if write is None:  # checked before anything is written
+        raise UsageError(f"--out {str(path)!r} must end in .csv or .parquet")
+    atomic_write(path, lambda tmp: write(tmp, index=False))
 
 
 def _open(site: Any, args: argparse.Namespace, **kwargs: Any) -> Any:
@@ -201,9 +195,7 @@ def _similarity_tables(args: argparse.Namespace, out: Path, sites: Sequence[Any]
     for site, matrix in _each_site(args, sites, work, "similarity"):
         path = out / f"similarity_{site.id}.csv"
         matrix.index.name = "year"
-        tmp = path.with_name(f".{path.name}.tmp")
-        matrix.to_csv(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, matrix.to_csv)
         written.append(path)
     return written
 
@@ -376,15 +368,7 @@ def _common(p: argparse.ArgumentParser, *, years: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xembed",
-        description="AlphaEarth Foundations satellite embeddings as lazy xarray cubes.",
-        epilog="Exit codes: 0 ok, 2 bad usage or input, 1 a site failed.",
-    )
-    parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_extract(sub: Any) -> None:
     p = sub.add_parser(
         "extract",
         help="yearly polygon means of every site into one table",
@@ -400,6 +384,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_extract)
 
+
+def _add_similarity(sub: Any) -> None:
     p = sub.add_parser(
         "similarity",
         help="per-site year-by-year cosine similarity matrices",
@@ -414,6 +400,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_similarity)
 
+
+def _add_cube(sub: Any) -> None:
     p = sub.add_parser(
         "cube",
         help="write site cubes to a Zarr store",
@@ -427,6 +415,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.set_defaults(func=_cube)
 
+
+def _add_render(sub: Any) -> None:
     p = sub.add_parser(
         "render",
         help="RGB frames, strips and GIFs of every site",
@@ -445,6 +435,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration-ms", type=int, default=700, help="GIF frame duration (default 700)")
     p.set_defaults(func=_render)
 
+
+def _add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="run the main job on the bundled sample data",
@@ -456,13 +448,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="xembed-demo", help="output folder (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_demo)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xembed",
+        description="AlphaEarth Foundations satellite embeddings as lazy xarray cubes.",
+        epilog="Exit codes: 0 ok, 2 bad usage or input, 1 a site failed.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_extract(sub)
+    _add_similarity(sub)
+    _add_cube(sub)
+    _add_render(sub)
+    _add_demo(sub)
     return parser
 
 
 def _version() -> str:
-    from xembed import __version__
+    # The package root holds the one version (and its fallback for a source tree).
+    import xembed
 
-    return f"xembed {__version__}"
+    return f"xembed {xembed.__version__}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
