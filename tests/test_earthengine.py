@@ -1,7 +1,7 @@
 """source="ee" through Xee, end to end against the local fake Earth Engine.
 
 The real ``earthengine-api`` client and the real Xee talk HTTP to
-:func:`xembed.fake_ee.fake_earthengine`, which serves the sample mirror; the
+:func:`xembed.testing.fake_earthengine`, which serves the sample mirror; the
 COG reader reads the same files. Everything here is offline; the one test
 that needs the real service is marked ``network``.
 """
@@ -22,13 +22,6 @@ pytest.importorskip("xee")
 
 from xembed.cube import open_embeddings  # noqa: E402
 from xembed.errors import DataNotFoundError  # noqa: E402
-from xembed.fake_ee import (  # noqa: E402
-    SUPPORTED_FUNCTIONS,
-    FakeRequest,
-    all_requests_fail,
-    fake_earthengine,
-    first_requests_fail,
-)
 from xembed.grid import target_grid  # noqa: E402
 from xembed.schema import BANDS, COLLECTION  # noqa: E402
 from xembed.sites import Site  # noqa: E402
@@ -43,6 +36,13 @@ from xembed.sources.earthengine import (  # noqa: E402
     open_embeddings_ee,
 )
 from xembed.testing import raise_if_dask_computes  # noqa: E402
+from xembed.testing.earthengine import (  # noqa: E402
+    SUPPORTED_FUNCTIONS,
+    FakeRequest,
+    all_requests_fail,
+    fake_earthengine,
+    first_requests_fail,
+)
 
 YEARS = tuple(range(2017, 2025))
 

@@ -1,6 +1,6 @@
 """Faults on reads: retries with backoff, a bounded budget, errors that name the file.
 
-The HTTP tests serve the sample mirror from ``xembed.mirror_server`` on
+The HTTP tests serve the sample mirror from ``xembed.testing.serve_mirror`` on
 127.0.0.1 and inject failures into chosen requests. Faults are switched on
 after ``open_embeddings`` (which reads the index and the file headers), so
 they hit the window reads that computing the cube makes inside dask tasks.
@@ -25,9 +25,9 @@ import shapely
 
 import xembed
 from xembed.errors import SourceError, XembedError
-from xembed.mirror_server import Fault, MirrorRequest, serve_mirror
 from xembed.sources import cog
 from xembed.sources.cog import ReadError, RetryPolicy
+from xembed.testing import Fault, MirrorRequest, serve_mirror
 
 YEARS = (2018, 2019, 2020)
 #: Tiny delays, so that a test spends its time reading, not sleeping.

@@ -5,7 +5,7 @@
 - :func:`serve_mirror`: a local HTTP server for a mirror folder, with fault
   injection (5xx, slow, truncated, reset);
 - :func:`fake_earthengine`: a local Earth Engine REST server over a mirror
-  folder, so Earth Engine pipelines run offline (see :mod:`xembed.fake_ee`).
+  folder, so Earth Engine pipelines run offline (see :mod:`xembed.testing.earthengine`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ import pyproj
 import shapely
 import xarray as xr
 
-from xembed.fake_ee import (
+from xembed._util import transformer
+from xembed.testing.earthengine import (
     FakeEarthEngine,
     FakeRequest,
     all_requests_fail,
     fake_earthengine,
     first_requests_fail,
 )
-from xembed.mirror_server import Fault, MirrorRequest, MirrorServer, serve_mirror
+from xembed.testing.mirror_server import Fault, MirrorRequest, MirrorServer, serve_mirror
 
 __all__ = [
     "CountingScheduler",
@@ -98,9 +99,9 @@ def make_cube(
     >>> bool(np.allclose(cube.embed.polygon_mean().isel(year=0), planted_vector()))
     True
     """
-    from xembed.sources.common import build_cube
     from xembed.grid import Grid
     from xembed.sites import Site
+    from xembed.sources.common import build_cube
 
     ny, nx = shape
     west, north = origin
@@ -114,7 +115,7 @@ def make_cube(
     rng = np.random.default_rng(seed)
     data = rng.normal(size=(len(years), 64, ny, nx)).astype(np.float32)
     data /= np.linalg.norm(data, axis=1, keepdims=True)
-    to_lonlat = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    to_lonlat = transformer(crs, "EPSG:4326")
     site = Site(
         id="test",
         start_year=int(years[0]),
