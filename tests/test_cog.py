@@ -14,7 +14,8 @@ import xembed
 from tests.conftest import YEARS, mirror_images, write_mirror
 from xembed.errors import DataNotFoundError, SourceError
 from xembed.schema import dequantize
-from xembed.sources import cog
+from xembed.sources import cog, ranges, windows
+from xembed.sources import index as mirror_index
 from xembed.testing import raise_if_dask_computes
 
 
@@ -108,7 +109,8 @@ def test_local_copy_with_upstream_absolute_paths(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("must not touch the network")
 
-    monkeypatch.setattr(cog, "_fetch", no_network)
+    monkeypatch.setattr(mirror_index, "http_get", no_network)  # the index
+    monkeypatch.setattr(ranges, "_http", no_network)  # headers and tiles
     table = write_mirror(tmp_path, absolute_paths=True)
     assert table["path"].str.startswith("s3://").all()
     index = cog.read_index(tmp_path)
@@ -130,8 +132,8 @@ def test_index_falls_back_to_csv(tmp_path):
 
 def test_open_is_lazy_and_reads_nothing(root, monkeypatch):
     reads = []
-    real = cog._read_tile
-    monkeypatch.setattr(cog, "_read_tile", lambda *a: reads.append(a) or real(*a))
+    real = cog._read_blocks
+    monkeypatch.setattr(cog, "_read_blocks", lambda *a: reads.append(a) or real(*a))
     with raise_if_dask_computes():
         ds = xembed.open_embeddings(image_box(**SAME_ZONE), YEARS, source=root)
         mean = ds.embed.polygon_mean()
@@ -143,11 +145,16 @@ def test_open_is_lazy_and_reads_nothing(root, monkeypatch):
 
 
 def test_clip_masks_outside_and_keeps_coverage(root):
-    ds = xembed.open_embeddings(image_box(**SAME_ZONE), [2019], source=root, buffer=30)
+    site = image_box(**SAME_ZONE)
+    ds = xembed.open_embeddings(site, [2019], source=root, buffer=30)
     cov = ds.coverage.values
     emb = ds.embeddings.isel(year=0, band=0).values
     assert (cov == 0).any() and (cov > 0).any()
-    assert np.isnan(emb[cov == 0]).all()
+    # The mask is the polygon grown by the buffer: a pixel wholly farther away is NaN.
+    polygon = xembed.grid.project(site, "EPSG:4326", ds.rio.crs)
+    xx, yy = np.meshgrid(ds.x.values, ds.y.values)
+    far = shapely.distance(polygon, shapely.points(xx, yy)) > 30 + 5 * np.sqrt(2)
+    assert far.any() and np.isnan(emb[far]).all()
     assert not np.isnan(emb[cov > 0]).any()
     assert ds.attrs["buffer_m"] == 30.0
 
@@ -269,7 +276,7 @@ def test_dequantize_table_equals_the_formula():
 )
 def test_index_runs_become_slices(index, expected):
     index = np.array(index)
-    got = cog._as_run(index)
+    got = windows.as_run(index)
     if expected is None:
         assert got is index
     else:

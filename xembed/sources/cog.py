@@ -4,62 +4,72 @@ Layout (DESIGN.md section 1): ``{root}/aef_index.parquet`` (or ``.csv``) with
 one row per file, files at ``{year}/{zone}/{id}-{yOff}-{xOff}.tiff``: int8,
 64 bands, nodata -128, stored **bottom-up** (positive y pixel size).
 
-Reading is planned eagerly from metadata only (the index and file headers)
-and executed lazily: one dask task per chunk reads, for every year, just the
-window of each file that the chunk needs, mosaics the files (later rows on
-top, nodata transparent), and de-quantises once.
+Reading is planned eagerly from metadata only (the index and the file
+headers, all files at once) and executed lazily: one dask task per chunk
+reads, for every year, just the window of each file that the chunk needs --
+the (band, internal tile) byte ranges, adjacent ones merged, all fetched
+concurrently (:mod:`xembed.sources.tiff`, :mod:`xembed.sources.ranges`) --
+mosaics the files (later rows on top, nodata transparent), and de-quantises
+once. Files in a layout other than the mirror's are read through GDAL
+(:mod:`xembed.sources.gdalread`) with the same results. At most
+:func:`max_requests` requests are in flight per process (default 64;
+``XEMBED_MAX_REQUESTS`` or :func:`set_max_requests` change it).
 
 Faults
 ------
-Remote reads (the index download, each file header, each window) retry
-transient failures -- HTTP 5xx and 429, timeouts, stalled transfers,
-connection resets, bodies cut short -- with exponential backoff, within the
-budget of :data:`RETRY` (a :class:`RetryPolicy`; environment variables
-``XEMBED_RETRY_ATTEMPTS``, ``XEMBED_RETRY_BACKOFF``,
-``XEMBED_RETRY_MAX_BACKOFF`` and ``XEMBED_HTTP_TIMEOUT`` set it at import).
+Remote reads (the index download, each file header, each byte range) retry
+transient failures -- HTTP 5xx, 408 and 429, timeouts, stalled transfers,
+connection resets, bodies cut short, answers that do not match what they
+declare -- with exponential backoff, within the budget of :data:`RETRY` (a
+:class:`RetryPolicy`; environment variables ``XEMBED_RETRY_ATTEMPTS``,
+``XEMBED_RETRY_BACKOFF``, ``XEMBED_RETRY_MAX_BACKOFF`` and
+``XEMBED_HTTP_TIMEOUT`` set it at import), each request with its own budget.
 A read that still fails, and any failed read of a local file (not retried:
 a truncated file stays truncated), raises :class:`ReadError` naming the file.
-Nothing is ever filled with zeros or NaN in place of data that could not be
-read.
-
-xembed's loop is the only one that retries: GDAL's own HTTP retries are off
-(``GDAL_HTTP_MAX_RETRY=0``), so the budget does not multiply, and the loop
-also covers what GDAL does not retry. Each retry opens the file with
-``CPL_VSIL_CURL_NON_CACHED`` set for it, because a failure can poison
-``/vsicurl/``'s process-wide cache: a failed ``HEAD`` is remembered as "no
-such file", and a body cut short is remembered as the end of the file, so
-without this a retry would fail again without sending a request.
+Every header is validated (complete tile tables, dimensions, 64 int8 bands,
+CRS and extent against the index) before any of its bytes is used. Nothing
+is ever filled with zeros or NaN in place of data that could not be read.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import http.client
-import io
 import logging
 import os
-import random
-import re
-import time
+import posixpath
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyproj
 import shapely
 
-from xembed._util import atomic_write, cache_dir, transformer
+from xembed._util import transformer
 from xembed.errors import DataNotFoundError, ReadError, SourceError
 from xembed.grid import Grid
 from xembed.schema import BANDS, NODATA, dequantize
+from xembed.sources import gdalread
+from xembed.sources import index as mirror_index
 from xembed.sources.common import INDEX_COLUMNS, CubeStack
+from xembed.sources.gdalread import GDAL_ENV
+from xembed.sources.ranges import (
+    Invalid,
+    Remote,
+    fetch_prefixes,
+    max_requests,
+    set_max_requests,
+)
 from xembed.sources.retry import RetryPolicy
+from xembed.sources.tiff import HEADER_BYTES, TiffLayout, Window, parse_layout, read_windows
+from xembed.sources.windows import scatter, window_of
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -73,39 +83,19 @@ __all__ = [
     "gdal_path",
     "https_url",
     "load_index",
+    "max_requests",
     "plan_mosaic",
     "read_index",
+    "set_max_requests",
     "with_hrefs",
 ]
 
 logger = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 #: Source Cooperative's public, anonymous copy of the mirror.
 DEFAULT_ROOT = "s3://us-west-2.opendata.source.coop/tge-labs/aef/v1/annual"
 _REMOTE_SCHEMES = ("http", "https", "s3", "gs")
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-# GDAL settings for every read (timeouts come from RETRY, see RetryPolicy.gdal_options):
-# - no directory listings (one request per file header instead of many);
-# - GDAL does not retry: xembed's loop does (one budget, and it also covers
-#   truncated bodies, which GDAL takes for the end of the file);
-# - parallel range requests, consecutive ranges merged;
-# - a tile that cannot be read is an error, never a block of zeros (GDAL's
-#   GTIFF_IGNORE_READ_ERRORS=YES would fill it with zeros: pin it off).
-GDAL_ENV = {
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff",
-    "GDAL_HTTP_MAX_RETRY": "0",
-    "GDAL_HTTP_MULTIRANGE": "YES",
-    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "GTIFF_IGNORE_READ_ERRORS": "NO",
-}
-
-
-class _Corrupt(OSError):
-    """A file opened, but its header is not what a mirror file has (e.g. cut short)."""
-
 
 #: The retry policy of every remote read; replace it to change the budget, e.g.
 #: ``xembed.sources.cog.RETRY = RetryPolicy(attempts=8)`` (dask.distributed
@@ -156,152 +146,6 @@ def _is_loopback(url: str) -> bool:
     return urllib.parse.urlsplit(url).hostname in _LOOPBACK_HOSTS
 
 
-def _transient_status(status: int) -> bool:
-    """Worth retrying: server errors, "too many requests", request timeouts."""
-    return status >= 500 or status in (408, 429)
-
-
-def _wait(policy: RetryPolicy, failures: int, href: str, what: str, cause: str) -> None:
-    delay = policy.delay(failures) * random.uniform(0.5, 1.0)
-    logger.info(
-        "reading the %s of %s failed (attempt %d of %d: %s); retrying in %.2f s",
-        what,
-        href,
-        failures,
-        policy.attempts,
-        cause,
-        delay,
-    )
-    time.sleep(delay)
-
-
-def _gave_up(what: str, href: str, cause: str, attempts: int, started: float) -> str:
-    return (
-        f"could not read the {what} of {href!r}: {cause} (gave up after {attempts} attempts "
-        f"in {time.monotonic() - started:.1f} s). The server kept failing: try again later, "
-        "or allow more attempts (XEMBED_RETRY_ATTEMPTS, or xembed.sources.cog.RETRY)"
-    )
-
-
-def _fetch(url: str) -> bytes:
-    """The bytes at ``url`` (``s3://``, ``gs://`` or ``https://``), retrying per :data:`RETRY`.
-
-    Raises
-    ------
-    SourceError
-        If the server refuses the URL (HTTP 4xx other than 408 and 429).
-    ReadError
-        If the download kept failing (5xx, timeouts, resets, short bodies).
-    """
-    policy = RETRY
-    target = https_url(url)
-    # A local server is reached directly, never through a proxy set in the environment.
-    handlers = [urllib.request.ProxyHandler({})] if _is_loopback(target) else []
-    opener = urllib.request.build_opener(*handlers)
-    started = time.monotonic()
-    for attempt in range(1, policy.attempts + 1):
-        status = None
-        try:
-            with opener.open(target, timeout=policy.timeout) as response:
-                data = response.read()  # http.client.IncompleteRead if cut short
-                expected = response.headers.get("Content-Length")
-                if expected is not None and len(data) != int(expected):
-                    raise http.client.IncompleteRead(data, int(expected) - len(data))
-                return bytes(data)
-        except urllib.error.HTTPError as err:
-            err.close()
-            status, cause = err.code, f"HTTP {err.code} {err.reason}"
-        except (OSError, http.client.HTTPException) as err:  # timeouts, resets, short bodies
-            cause = f"{type(err).__name__}: {err}"
-        # Raised outside the except blocks, so not chained: see _retrying.
-        if status is not None and not _transient_status(status):
-            raise SourceError(
-                f"could not read {url!r}: {cause}; check that root= is the mirror's top "
-                "folder (the one holding aef_index.parquet) and that it is public"
-            )
-        if attempt < policy.attempts:
-            _wait(policy, attempt, url, "file", cause)
-    raise ReadError(
-        _gave_up("file", url, cause, policy.attempts, started), href=url, attempts=policy.attempts
-    )
-
-
-def _causes(err: BaseException) -> str:
-    """GDAL's messages behind a rasterio error, outermost first (rasterio 1.4 chains them)."""
-    messages: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        text = str(current).strip()
-        if text and "See previous exception" not in text and text not in messages:
-            messages.append(text)
-        current = current.__cause__ or current.__context__
-    return "; ".join(messages) or type(err).__name__
-
-
-def _refused(cause: str) -> bool:
-    """The server refused the file (HTTP 4xx but 408/429): retrying cannot help."""
-    codes = [int(c) for c in re.findall(r"HTTP response code: (\d{3})", cause)]
-    return any(400 <= c < 500 and not _transient_status(c) for c in codes)
-
-
-def _retrying(href: str, what: str, action: Callable[[Mapping[str, str]], _T]) -> _T:
-    """Run ``action(gdal_env)`` on ``href``, retrying remote failures per :data:`RETRY`.
-
-    Local files are tried once: their failures (truncated, corrupt) are permanent.
-    """
-    import rasterio
-    from rasterio._err import CPLE_BaseError
-
-    policy = RETRY
-    remote = _is_remote(href)
-    attempts = policy.attempts if remote else 1
-    started = time.monotonic()
-    first = ""
-    for attempt in range(1, attempts + 1):
-        env = {**GDAL_ENV, **policy.gdal_options()} if remote else dict(GDAL_ENV)
-        if attempt > 1:
-            # Bypass, and on close drop, what /vsicurl/ cached for this file: the
-            # failure may have left "no such file" or a too-short size there.
-            # (GDAL splits this option at ':', so it disables caching of every
-            # /vsicurl/ URL in this thread while the retry runs: harmless.)
-            env["CPL_VSIL_CURL_NON_CACHED"] = gdal_path(href)
-        try:
-            return action(env)
-        except (rasterio.errors.RasterioError, CPLE_BaseError, _Corrupt) as err:
-            cause = _causes(err)
-            if remote and "not recognized as being in a supported" in cause:
-                cause += " (GDAL says so of a URL whose header it could not fetch)"
-        # Raised outside the except block, so not chained: the message carries
-        # GDAL's words, and rasterio's exceptions (which do not survive the
-        # pickling dask.distributed does to a task's error) stay behind.
-        if not remote:
-            raise ReadError(
-                f"could not read the {what} of {href!r}: {cause}. The file is unreadable, "
-                "truncated or corrupt: copy it again from the mirror (its size must match "
-                "the mirror's)",
-                href=href,
-            )
-        if _refused(cause):
-            raise ReadError(
-                f"could not read the {what} of {href!r}: {cause} (not retried: the server "
-                "refuses it). Check that the mirror at root= holds this file and that the "
-                "index matches the mirror",
-                href=href,
-                attempts=attempt,
-            )
-        first = first or cause
-        if attempt == attempts:
-            if cause != first:  # GDAL's last words can hide the cause ("not recognized")
-                cause = f"{cause} (first failure: {first})"
-            raise ReadError(
-                _gave_up(what, href, cause, attempt, started), href=href, attempts=attempt
-            )
-        _wait(policy, attempt, href, what, cause)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 def _index_location(root: str) -> tuple[str, str]:
     """(location, format) of the index under ``root``: parquet, else csv."""
     root = str(root).rstrip("/")
@@ -323,61 +167,32 @@ def _index_location(root: str) -> tuple[str, str]:
 
 
 def _remote_cache_path(url: str) -> Path:
+    """Where the copy of the remote index at ``url`` is kept (see :mod:`.index`)."""
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return cache_dir() / "index" / f"{digest}.parquet"
+    return mirror_index.kept_folder() / f"{digest}.index"
 
 
 @functools.lru_cache(maxsize=8)
-def _read_index_cached(location: str, fmt: str, stamp: float) -> pd.DataFrame:
-    source: str | io.BytesIO = location
-    cached: Path | None = None
-    if _is_remote(location):
-        # Kept on disk, except from a local server (as fast as the disk; a
-        # copy would only go stale).
-        cached = None if _is_loopback(https_url(location)) else _remote_cache_path(location)
-        if cached is not None and cached.is_file():
-            source = str(cached)
-        else:
-            data = _fetch(location)
-            if cached is not None:
-                atomic_write(cached, lambda tmp: tmp.write_bytes(data))
-            source = io.BytesIO(data)
-    try:
-        if fmt == "parquet":
-            table = pd.read_parquet(source)
-        else:
-            table = pd.read_csv(source)
-    except Exception as err:
-        where = repr(location)
-        if cached is not None and cached.is_file():
-            cached.unlink(missing_ok=True)  # a damaged copy: fetch afresh next time
-            where += f" (its cached copy {str(cached)!r}, now removed: try again)"
-        raise SourceError(f"could not read the mirror index {where}: {err}") from err
-    missing = [c for c in INDEX_COLUMNS if c not in table.columns]
-    if missing:
-        raise SourceError(
-            f"mirror index {location!r} lacks the columns {missing}; expected "
-            f"{list(INDEX_COLUMNS)} (use the mirror's aef_index.parquet unchanged)"
-        )
-    if "geometry" in table.columns:
-        geoms = table["geometry"]
-        if fmt == "parquet":
-            footprint = shapely.from_wkb(geoms.to_numpy())
-        else:
-            footprint = shapely.from_wkt(geoms.astype(str).to_numpy())
-    else:
-        footprint = shapely.box(
-            table["wgs84_west"], table["wgs84_south"], table["wgs84_east"], table["wgs84_north"]
-        )
-    table = table.drop(columns=["geometry"], errors="ignore").assign(footprint=footprint)
-    table["year"] = table["year"].astype(int)
-    return table
+def _read_index_cached(location: str, fmt: str, stamp: tuple[int, int]) -> pd.DataFrame:
+    """The local index at ``location`` as of ``stamp`` (modification time in ns, size)."""
+    return mirror_index.parse(location, fmt, location)
 
 
-def load_index(root: str) -> pd.DataFrame:
+def load_index(root: str, *, max_age: float | None = None) -> pd.DataFrame:
+    """The index of the mirror at ``root``, checked, with a ``footprint`` column.
+
+    A local index is read again when its file changes. A remote one is kept
+    (in memory and under ``cache_dir() / "index"``) and revalidated with the
+    server once it was last checked more than ``max_age`` seconds ago
+    (default :data:`xembed.sources.index.MAX_AGE`, a day).
+    """
     location, fmt = _index_location(root)
-    stamp = 0.0 if _is_remote(location) else os.stat(location).st_mtime
-    return _read_index_cached(location, fmt, stamp)
+    if _is_remote(location):
+        age = mirror_index.MAX_AGE if max_age is None else max_age
+        kept = _remote_cache_path(location)
+        return mirror_index.remote_table(location, https_url(location), kept, RETRY, age)
+    st = os.stat(location)
+    return _read_index_cached(location, fmt, (st.st_mtime_ns, st.st_size))
 
 
 def with_hrefs(root: str, table: pd.DataFrame) -> pd.DataFrame:
@@ -392,18 +207,25 @@ def read_index(root: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a mirror's index, with a resolved ``href`` per file.
 
     ``root`` is a local folder or an ``s3://``, ``gs://`` or ``https://``
-    prefix. Paths in the index may be relative to the index's folder or
-    absolute URLs. For a local folder only files present on disk are kept,
-    found either at their relative path or, for absolute upstream URLs, at
-    ``{root}/{year}/{zone}/{file name}``: a local copy of part of the mirror
-    with the upstream index copied unchanged opens as it is, and never
-    reaches for the network.
+    prefix. Paths in the index may be relative to the index's folder (never
+    leaving it) or absolute URLs. For a local folder only files present on
+    disk are kept, found either at their relative path or, for absolute
+    upstream URLs, at ``{root}/{year}/{zone}/{file name}``: a local copy of
+    part of the mirror with the upstream index copied unchanged opens as it
+    is, and never reaches for the network.
 
     Returns
     -------
     pandas.DataFrame
         The index columns plus ``href`` (local path or URL) and ``footprint``
         (shapely polygons in EPSG:4326).
+
+    Raises
+    ------
+    xembed.errors.SourceError
+        For an index that cannot be read or holds what no mirror index does
+        (text in number columns, years that are not whole, footprints that
+        are not geometries, paths leaving the mirror folder).
 
     Examples
     --------
@@ -416,8 +238,19 @@ def read_index(root: str | os.PathLike[str]) -> pd.DataFrame:
     return with_hrefs(root, load_index(root))
 
 
-def available_years(root: str | os.PathLike[str]) -> list[int]:
+def available_years(
+    root: str | os.PathLike[str], *, wanted: Iterable[int] | None = None
+) -> list[int]:
     """The years a mirror holds files for (for a local folder: files on disk).
+
+    Parameters
+    ----------
+    root : str or path
+        The mirror (local folder or URL).
+    wanted : iterable of int, optional
+        The years the caller needs. If the kept copy of a remote index lacks
+        one, it is revalidated with the server at once (unless it was checked
+        within the last minute): a year may have been published since.
 
     Examples
     --------
@@ -426,76 +259,171 @@ def available_years(root: str | os.PathLike[str]) -> list[int]:
     [2017, 2018, 2019, 2020, 2021, 2022, 2023, 2024]
     """
     root = str(root).rstrip("/")
-    table = load_index(root) if _is_remote(root) else read_index(root)
+    remote = _is_remote(root)
+    table = load_index(root) if remote else read_index(root)
+    if remote and wanted is not None and not set(wanted) <= set(table["year"]):
+        table = load_index(root, max_age=mirror_index.MIN_AGE)
     return sorted(int(y) for y in table["year"].unique())
 
 
 def _resolve(root: str, path: str, year: int, zone: str) -> str | None:
     path = str(path)
+    url = _is_remote(path)
+    relative = not url and not os.path.isabs(path)
+    if relative:
+        normal = posixpath.normpath(path.replace("\\", "/"))
+        outside = normal == ".." or normal.startswith("../")
+    else:  # an absolute local path of a local mirror must lie inside its folder
+        inside = os.path.abspath(path).startswith(os.path.abspath(root) + os.sep)
+        outside = not url and not _is_remote(root) and not inside
+    if outside:
+        raise SourceError(
+            f"the index of mirror {root!r} lists the file {path!r} (year {year}), which lies "
+            "outside the mirror folder; index paths must stay inside it (relative to the "
+            "index's folder, without '..') or be absolute URLs. Use the mirror's "
+            "aef_index.parquet unchanged"
+        )
     if _is_remote(root):
-        return path if _is_remote(path) else f"{root}/{path.lstrip('/')}"
-    if _is_remote(path) or os.path.isabs(path):
-        name = path.rsplit("/", 1)[-1]
-        candidates = [os.path.join(root, str(year), str(zone), name)]
-        if not _is_remote(path):
-            candidates.insert(0, path)
+        return path if url else f"{root}/{path.lstrip('/')}"
+    if url:  # an upstream URL: the local copy at the mirror's layout
+        candidates = [os.path.join(root, str(year), str(zone), path.rsplit("/", 1)[-1])]
     else:
-        candidates = [os.path.join(root, path)]
+        candidates = [os.path.join(root, path)]  # (an absolute path stays as it is)
     return next((c for c in candidates if os.path.isfile(c)), None)
 
 
 @dataclass(frozen=True)
 class Tile:
-    """What a read needs to know about one file, taken from its header."""
+    """What a read needs to know about one file, taken from its header.
+
+    ``size`` and ``validator`` (ETag or Last-Modified) are what the server
+    declared when the header was read; ``layout`` holds the tile tables of
+    a file read by byte ranges, ``None`` for one read through GDAL.
+    """
 
     href: str
     crs: str
     transform: tuple[float, float, float, float, float, float]
     width: int
     height: int
+    size: int | None = None
+    validator: str | None = None
+    layout: TiffLayout | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def source(self) -> Remote:
+        return _source(self.href, self.size, self.validator)
 
 
-@functools.lru_cache(maxsize=4096)
-def _tile(href: str) -> Tile:
-    """The header of one file (retried per :data:`RETRY`; cached once read).
+def _source(href: str, size: int | None = None, validator: str | None = None) -> Remote:
+    """Where the bytes of ``href`` come from: its HTTPS URL, or the local file."""
+    return Remote(href, https_url(href) if _is_remote(href) else None, size, validator)
 
-    Raises
-    ------
-    ReadError
-        If the header cannot be read (see :func:`_retrying`).
-    SourceError
-        If the file is not a 64-band int8 embedding file.
+
+# Headers read by this process (mirror files never change): href -> Tile.
+_HEADERS: dict[str, Tile] = {}
+_HEADERS_LOCK = threading.Lock()
+
+
+def _range_cache(enabled: bool) -> Any:
+    """The persistent cache of fetched byte ranges, or ``None`` (off, or not installed)."""
+    if not enabled:
+        return None
+    try:
+        from xembed.sources import rangecache
+    except ImportError:
+        return None
+    return rangecache.default_cache()
+
+
+def _check_header(layout: TiffLayout, crs: str, bounds: tuple[float, ...]) -> None:
+    """Raise :class:`Invalid` unless ``layout`` is a mirror file's where the index puts it."""
+    if layout.bands != len(BANDS) or layout.dtype != "int8":
+        raise Invalid(
+            f"the header says {layout.bands} bands of {layout.dtype}; expected "
+            f"{len(BANDS)} int8 bands as in the embedding mirror"
+        )
+    if layout.epsg is None or layout.transform is None:
+        return  # read through GDAL
+    if str(crs).upper() != f"EPSG:{layout.epsg}" and pyproj.CRS(crs).to_epsg() != layout.epsg:
+        raise Invalid(f"the header says EPSG:{layout.epsg}, the index {crs}")
+    a, _, c, _, e, f = layout.transform
+    xs, ys = sorted((c, c + a * layout.width)), sorted((f, f + e * layout.height))
+    west, south, east, north = bounds
+    if not (xs[0] < east and xs[1] > west and ys[0] < north and ys[1] > south):
+        raise Invalid(
+            f"the header puts the file at x {xs[0]}..{xs[1]}, y {ys[0]}..{ys[1]}; the index "
+            f"at x {west}..{east}, y {south}..{north}"
+        )
+
+
+def _headers(wanted: Mapping[str, tuple[str, tuple[float, ...]]], cache: bool) -> dict[str, Tile]:
+    """The header of every file of ``wanted`` (href -> the index's CRS and bounds).
+
+    Headers not read before are read concurrently: one ranged GET each (two
+    if the tile tables lie past the first :data:`~xembed.sources.tiff.HEADER_BYTES`),
+    every one validated before use; from the range cache when it holds them.
     """
-    import rasterio
+    with _HEADERS_LOCK:
+        out = {href: _HEADERS[href] for href in wanted if href in _HEADERS}
+    store = _range_cache(cache)
 
-    def header(env: Mapping[str, str]) -> Tile:
-        with rasterio.Env(**env), rasterio.open(gdal_path(href)) as src:
-            if src.crs is None:
-                raise _Corrupt("the header has no coordinate reference system (cut short?)")
-            if src.count != len(BANDS) or src.dtypes[0] != "int8":
-                raise SourceError(
-                    f"{href!r} has {src.count} bands of {src.dtypes[0]}; expected "
-                    f"{len(BANDS)} int8 bands as in the embedding mirror"
-                )
-            t = src.transform
-            return Tile(
-                href, src.crs.to_string(), (t.a, t.b, t.c, t.d, t.e, t.f), src.width, src.height
-            )
+    def parse(source: Remote, data: bytes, size: int) -> TiffLayout:
+        layout = parse_layout(data, size)
+        _check_header(layout, *wanted[source.href])
+        return layout
 
-    return _retrying(href, "header", header)
+    todo = []
+    for href in wanted:
+        if href in out:
+            continue
+        source = _source(href)
+        hit = store.get_header(source.url) if store is not None and source.url else None
+        if hit is not None:
+            validator, blob = hit
+            size, prefix = int.from_bytes(blob[:8], "little"), blob[8:]
+            try:
+                out[href] = _tile_of(source, parse(source, prefix, size), size, validator)
+                continue
+            except Invalid:
+                pass  # a stale or damaged entry: read the header again
+        todo.append(source)
+    for source, (layout, prefix, size, validator) in zip(
+        todo, fetch_prefixes(todo, HEADER_BYTES, parse, RETRY), strict=True
+    ):
+        if store is not None and source.url and validator:
+            store.put_header(source.url, validator, size.to_bytes(8, "little") + prefix)
+        out[source.href] = _tile_of(source, layout, size, validator)
+    with _HEADERS_LOCK:
+        _HEADERS.update(out)
+    return out
+
+
+def _tile_of(source: Remote, layout: TiffLayout, size: int, validator: str) -> Tile:
+    href, validator_ = source.href, (validator or None) if source.url else None
+    if layout.unsupported is not None:
+        logger.debug("reading %s through GDAL: %s", href, layout.unsupported)
+        crs, transform, width, height = gdalread.read_header(href, gdal_path(href), RETRY)
+        return Tile(href, crs, transform, width, height, size, validator_)
+    assert layout.transform is not None
+    crs = f"EPSG:{layout.epsg}"
+    return Tile(href, crs, layout.transform, layout.width, layout.height, size, validator_, layout)
 
 
 def plan_mosaic(
-    root: str | os.PathLike[str], grid: Grid, years: Sequence[int]
+    root: str | os.PathLike[str], grid: Grid, years: Sequence[int], *, cache: bool = True
 ) -> tuple[tuple[Tile, ...], ...]:
     """Which files, in mosaic order, cover ``grid`` in each year.
 
-    Only metadata is read: the index and the headers of the selected files.
+    Only metadata is read: the index and the headers of the selected files,
+    all at once (``cache=False``: not from the persistent range cache).
 
     Raises
     ------
     DataNotFoundError
         If some requested year has no file that touches the grid.
+    ReadError
+        If a header cannot be read, or is not a mirror file's (after retries).
     """
     root = str(root).rstrip("/")
     index = load_index(root)
@@ -509,10 +437,9 @@ def plan_mosaic(
     columns = ["year", "crs", "utm_west", "utm_east", "utm_south", "utm_north", "href"]
     chosen = chosen.sort_values("path", kind="stable")
     records = list(zip(*(chosen[c].tolist() for c in columns), strict=True))
-    plan: list[tuple[Tile, ...]] = []
-    empty: list[int] = []
+    chosen_rows: list[list[tuple[str, tuple[str, tuple[float, ...]]]]] = []
     for year in years:
-        tiles = []
+        rows: list[tuple[str, tuple[str, tuple[float, ...]]]] = []
         for file_year, crs, west, east, south, north, href in records:
             # Same-zone files are filtered exactly by their UTM bounds.
             if file_year != year or (
@@ -525,10 +452,9 @@ def plan_mosaic(
                 )
             ):
                 continue
-            tiles.append(_tile(str(href)))
-        if not tiles:
-            empty.append(int(year))
-        plan.append(tuple(tiles))
+            rows.append((str(href), (str(crs), (west, south, east, north))))
+        chosen_rows.append(rows)
+    empty = [int(year) for year, rows in zip(years, chosen_rows, strict=True) if not rows]
     if empty:
         index = read_index(root)  # what is really there (a local copy may be partial)
         covered = sorted(index["year"].unique().tolist())
@@ -541,7 +467,8 @@ def plan_mosaic(
             f"{index['wgs84_south'].min():.3f}..{index['wgs84_north'].max():.3f}: pick a site "
             "and years inside it, or another source"
         )
-    return tuple(plan)
+    headers = _headers(dict(row for rows in chosen_rows for row in rows), cache)
+    return tuple(tuple(headers[href] for href, _ in rows) for rows in chosen_rows)
 
 
 def _source_indices(tile: Tile, grid: Grid, rows: slice, cols: slice, grid_crs: str):
@@ -563,96 +490,61 @@ def _source_indices(tile: Tile, grid: Grid, rows: slice, cols: slice, grid_crs: 
     return np.floor((sy - f) / e).astype(np.int64), np.floor((sx - c) / a).astype(np.int64)
 
 
-def _read_tile(tile: Tile, band_index: np.ndarray, src_rows: np.ndarray, src_cols: np.ndarray):
-    """Gather int8 values of ``tile`` at (src_rows, src_cols); -128 outside it.
+def _read_blocks(
+    wants: Sequence[tuple[Tile, tuple[int, int, int, int]]], bands: tuple[int, ...], cache: bool
+) -> list[np.ndarray]:
+    """The int8 ``(bands, rows, cols)`` window of each (file, window), all read at once.
+
+    Files in the mirror's layout are read by byte ranges, concurrently
+    (:func:`xembed.sources.tiff.read_windows`); others through GDAL.
 
     Raises
     ------
     ReadError
-        If the window cannot be read (remote reads are retried first, see
+        If a window cannot be read (remote reads are retried first, see
         :data:`RETRY`); never returns zeros or nodata in place of unread data.
     """
-    import rasterio
-    from rasterio.windows import Window
-
-    separable = src_rows.ndim == 1
-    inside_r = (src_rows >= 0) & (src_rows < tile.height)
-    inside_c = (src_cols >= 0) & (src_cols < tile.width)
-    if separable:
-        shape = (len(band_index), src_rows.size, src_cols.size)
-        if not inside_r.any() or not inside_c.any():
-            return None
-        r_sel, c_sel = src_rows[inside_r], src_cols[inside_c]
-    else:
-        shape = (len(band_index), *src_rows.shape)
-        inside = inside_r & inside_c
-        if not inside.any():
-            return None
-        r_sel, c_sel = src_rows[inside], src_cols[inside]
-    r0, r1 = int(r_sel.min()), int(r_sel.max()) + 1
-    c0, c1 = int(c_sel.min()), int(c_sel.max()) + 1
-    window = Window(c0, r0, c1 - c0, r1 - r0)
-    indexes = [int(b) + 1 for b in band_index]
-
-    def read(env: Mapping[str, str]) -> np.ndarray:
-        with rasterio.Env(**env), rasterio.open(gdal_path(tile.href)) as src:
-            return src.read(indexes=indexes, window=window)
-
-    what = f"window rows {r0}:{r1}, cols {c0}:{c1} ({len(indexes)} bands)"
-    block = _retrying(tile.href, what, read)
-    out = np.full(shape, NODATA, dtype=np.int8)
-    if separable:
-        dst_r, dst_c = np.flatnonzero(inside_r), np.flatnonzero(inside_c)
-        runs = [_as_run(i) for i in (dst_r, dst_c, r_sel - r0, c_sel - c0)]
-        if all(isinstance(run, slice) for run in runs):
-            # Same lattice (the usual case): plain slices copy ~70x faster than gathers.
-            out[:, runs[0], runs[1]] = block[:, runs[2], runs[3]]
-        else:
-            out[:, dst_r[:, None], dst_c[None, :]] = block[
-                :, (r_sel - r0)[:, None], (c_sel - c0)[None, :]
-            ]
-    else:
-        out[:, inside] = block[:, r_sel - r0, c_sel - c0]
-    return out
-
-
-def _as_run(index: np.ndarray) -> slice | np.ndarray:
-    """``index`` as a slice if it is a run of step +1 or -1 (bottom-up files), else itself.
-
-    >>> _as_run(np.array([4, 3, 2, 1, 0]))
-    slice(4, None, -1)
-    >>> _as_run(np.array([2, 3, 5]))
-    array([2, 3, 5])
-    """
-    n = index.size
-    if n == 0:
-        return index
-    start = int(index[0])
-    step = 1 if n == 1 else int(index[1]) - start
-    if step not in (1, -1) or int(index[-1]) != start + step * (n - 1):
-        return index
-    if n > 2 and not np.array_equal(np.diff(index), np.full(n - 1, step)):
-        return index
-    stop = start + step * n
-    return slice(start, None if stop < 0 else stop, step)
+    policy = RETRY  # read at call time: users replace it
+    ranged = [i for i, (tile, _) in enumerate(wants) if tile.layout is not None]
+    windows = []
+    for i in ranged:
+        tile, (r0, r1, c0, c1) = wants[i]
+        assert tile.layout is not None
+        windows.append(Window(tile.source, tile.layout, bands, r0, r1, c0, c1))
+    blocks: list[Any] = [None] * len(wants)
+    store = _range_cache(cache) if any(w.source.url for w in windows) else None
+    for i, block in zip(ranged, read_windows(windows, policy, store), strict=True):
+        blocks[i] = block
+    for i, (tile, (r0, r1, c0, c1)) in enumerate(wants):
+        if tile.layout is None:
+            path = gdal_path(tile.href)
+            blocks[i] = gdalread.read_window(tile.href, path, bands, (r0, r1), (c0, c1), policy)
+    return blocks
 
 
 @dataclass(frozen=True)
 class MosaicReader(CubeStack):
     """A lazily indexed ``(year, band, y, x)`` float32 array over a mirror.
 
-    Indexing it reads and mosaics only what the key selects; dask wraps it
-    with one task per chunk (``dask.array.from_array``).
+    Indexing it reads and mosaics only what the key selects, every year and
+    file at once (their byte ranges concurrently); dask wraps it with one
+    task per chunk (``dask.array.from_array``). ``cache=False`` bypasses the
+    persistent cache of fetched byte ranges.
     """
 
     grid: Grid
     years: tuple[int, ...]
     plan: tuple[tuple[Tile, ...], ...]
+    cache: bool = True
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         # Deterministic names: the same site, years and files give the same graph.
         grid = (self.grid.crs.to_string(), self.grid.west, self.grid.north, self.grid.shape)
-        return ("xembed.MosaicReader", grid, self.years, self.plan)
+        files = tuple(
+            tuple((t.href, t.crs, t.transform, t.width, t.height, t.size, t.validator) for t in ts)
+            for ts in self.plan
+        )
+        return ("xembed.MosaicReader", grid, self.years, files)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key, squeeze = self.expand_key(key)
@@ -662,13 +554,23 @@ class MosaicReader(CubeStack):
         grid_crs = self.grid.crs.to_string()
         height = len(range(*rows.indices(self.grid.height)))
         width = len(range(*cols.indices(self.grid.width)))
-        out = np.empty((len(year_index), len(band_index), height, width), dtype=np.float32)
+        wants = []  # (year position, file, source rows, source cols, window), mosaic order
         for i, y in enumerate(year_index):
-            mosaic = np.full((len(band_index), height, width), NODATA, dtype=np.int8)
             for tile in self.plan[y]:
                 src_rows, src_cols = _source_indices(tile, self.grid, rows, cols, grid_crs)
-                values = _read_tile(tile, band_index, src_rows, src_cols)
-                if values is not None:
+                window = window_of(tile.height, tile.width, src_rows, src_cols)
+                if window is not None:
+                    wants.append((i, tile, src_rows, src_cols, window))
+        bands = tuple(int(b) for b in band_index)
+        blocks = _read_blocks([(w[1], w[4]) for w in wants], bands, self.cache)
+        out = np.empty((len(year_index), len(band_index), height, width), dtype=np.float32)
+        mosaic = np.empty((len(band_index), height, width), dtype=np.int8)
+        for i in range(len(year_index)):
+            mosaic.fill(NODATA)
+            for (j, tile, src_rows, src_cols, window), block in zip(wants, blocks, strict=True):
+                if j == i:
+                    r0, c0 = window[0], window[2]
+                    values = scatter(block, tile.height, tile.width, src_rows, src_cols, r0, c0)
                     # Later files on top, nodata transparent (Earth Engine's mosaic()).
                     np.copyto(mosaic, values, where=values != NODATA)
             out[i] = dequantize(mosaic)
