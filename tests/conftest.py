@@ -24,6 +24,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from tests._browser import chromium_missing
+
+    no_browser = chromium_missing()  # tests/test_explore.py fails on CI=true when so
+    skip_browser = pytest.mark.skip(reason=f"browser test: {no_browser}")
+    for item in items:
+        if "browser" in item.keywords:
+            # one xdist worker runs them all: one Chromium started per run, not per worker
+            item.add_marker(skip_browser if no_browser else pytest.mark.xdist_group("browser"))
     if config.getoption("--run-network"):
         return
     skip = pytest.mark.skip(reason="needs the internet; run with --run-network")
@@ -41,12 +49,20 @@ def pytest_configure(config: pytest.Config) -> None:
     if "XEMBED_CACHE" not in os.environ:
         base = Path(config.rootpath) / ".cache" / "xembed-test"
         os.environ["XEMBED_CACHE"] = str(base)
+    # Served mirrors get a new URL per test: a persistent range cache would only
+    # grow. Tests of the cache turn it on themselves.
+    os.environ.setdefault("XEMBED_CACHE_BYTES", "0")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        import shutil
+
+        from xembed._util import cache_dir
         from xembed.sources.sample import sample_root
 
+        for kept in ("index", "ranges"):  # copies of earlier runs' served mirrors
+            shutil.rmtree(cache_dir() / kept, ignore_errors=True)
         sample_root()
 
 
@@ -155,6 +171,15 @@ def write_mirror(root: Path, *, absolute_paths: bool = False) -> pd.DataFrame:
 def mini_mirror(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     root = tmp_path_factory.mktemp("mirror")
     return root, write_mirror(root)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium for tests marked ``browser`` (tests/_browser.py)."""
+    from tests._browser import open_browser
+
+    with open_browser() as b:
+        yield b
 
 
 @pytest.fixture(scope="session")

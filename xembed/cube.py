@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import shapely
 import xarray as xr
 
 from xembed.errors import DataNotFoundError, SourceError
-from xembed.sites import Site
+from xembed.sites import Site, as_site
 from xembed.sources.common import (
     DEFAULT_CHUNKS,
     normalize_years,
@@ -121,7 +122,7 @@ def resolve_source(
     if years is not None:
         from xembed.sources import cog
 
-        available = cog.available_years(mirror)
+        available = cog.available_years(mirror, wanted=years)
         missing = [y for y in years if y not in available]
         if missing:
             raise ValueError(
@@ -152,7 +153,7 @@ def _footprint_hint(site: Site, mirror: str) -> str | None:
             return (
                 f"Site {site.id!r} lies outside every file, but with its x and y swapped it "
                 "lies inside: its coordinates look like (lat, lon) pairs; give them in "
-                "(lon, lat) order, e.g. shapely.ops.transform(lambda x, y: (y, x), geometry)"
+                "(lon, lat) order, e.g. shapely.transform(geometry, lambda xy: xy[:, ::-1])"
             )
     return (
         f"Site {site.id!r} lies outside every file of the source: if it should be inside, "
@@ -201,14 +202,18 @@ def open_embeddings(
     buffer: float = 0.0,
     clip: bool = True,
     chunks: Mapping[str, int] | int | None = None,
+    id_field: str | None = None,
 ) -> xr.Dataset:
     """Open the embeddings of a site as a lazy ``(year, band, y, x)`` cube.
 
     Parameters
     ----------
-    where : Site, shapely geometry, GeoJSON-like mapping or path
-        The site, in EPSG:4326 (lon/lat), or the path of a cube exported by
-        :mod:`xembed.export` (then ``years``, optional, picks some of its years).
+    where : Site, shapely geometry, GeoJSON-like mapping, GeoDataFrame or path
+        The site, in EPSG:4326 (lon/lat); a site file (GeoJSON, GeoPackage,
+        Shapefile) or GeoDataFrame holding exactly one site, in any CRS it
+        declares (read as :func:`xembed.load_sites` does; use that for
+        several); or the path of a cube exported by :mod:`xembed.export`
+        (then ``years``, optional, picks some of its years).
     years : int or iterable of int
         Years to open (the collection starts in 2017), e.g. ``range(2018, 2025)``.
         Required unless ``where`` is an exported cube.
@@ -224,14 +229,19 @@ def open_embeddings(
         Google Cloud project for ``source="ee"`` (else the one ``ee`` was
         initialised with).
     buffer : float
-        Metres of context around the site's bounds (e.g. 500 for the
-        original notebook's views).
+        Metres of context around the site (e.g. 500 for a view of its
+        surroundings): the grid covers the site's bounds widened by it.
     clip : bool
-        Mask (NaN) pixels with no part inside the polygon. The ``coverage``
-        variable is there either way.
+        Mask (NaN) pixels with no part inside the polygon, grown by
+        ``buffer`` metres when there is one (so the context stays). The
+        ``coverage`` variable is there either way, and is always the site's
+        own (0 in the buffer).
     chunks : mapping or int, optional
         Dask chunks per dimension; an int sets ``y`` and ``x``. Default
         :data:`DEFAULT_CHUNKS`: all years and bands, 256 x 256 pixels.
+    id_field : str, optional
+        Column holding the site id when ``where`` is a site file or
+        GeoDataFrame (default: its named index, else ``rid``/``id``/``site_id``).
 
     Returns
     -------
@@ -242,6 +252,8 @@ def open_embeddings(
 
     Raises
     ------
+    FileNotFoundError
+        If ``where`` is the path of a file or folder that does not exist.
     ValueError
         For years outside the collection or the source (the message lists
         the available years), or bad chunks.
@@ -251,7 +263,9 @@ def open_embeddings(
         y swapped lands inside it, that its coordinates look like (lat, lon)
         pairs; else to check its CRS and lon/lat order.
     xembed.errors.SiteError
-        If the site crosses the antimeridian, is wider than one UTM zone or
+        If a site file or frame holds more than one site (the message names
+        :func:`xembed.load_sites` and the count); if the site crosses the
+        antimeridian, is wider than one UTM zone or
         reaches beyond 80°S/84°N (see :func:`xembed.grid.target_grid`), or
         covers no pixel at all (coverage 0 everywhere).
     xembed.errors.SourceError
@@ -273,11 +287,13 @@ def open_embeddings(
         return _open_exported(
             where, years, root=root, project=project, buffer=buffer, chunks=chunks
         )
+    _check_path_exists(where)
     if years is None:
         raise ValueError(
             "years is required (e.g. range(2018, 2025)) unless `where` is the path of an "
             "exported cube (a Zarr store or NetCDF file written by xembed.export)"
         )
+    where = as_site(where, id_field=id_field)  # a file or frame: read here, warnings too
     if source == "ee":
         from xembed.sources.earthengine import open_embeddings_ee
 
@@ -288,6 +304,21 @@ def open_embeddings(
     return _open_mirror(
         where, years, source, root=root, project=project, buffer=buffer, clip=clip, chunks=chunks
     )
+
+
+def _check_path_exists(where: Any) -> None:
+    """A missing local path is named, whether it was to be a site file or an export."""
+    if not isinstance(where, (str, os.PathLike)):
+        return
+    path = os.fspath(where)
+    if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"No site file at {path!r}; expected GeoJSON (.geojson/.json), GeoPackage (.gpkg) "
+            "or Shapefile (.shp) holding one site, or the path of a cube exported by "
+            "xembed.export (a Zarr store or NetCDF file)",
+            path,
+        )
 
 
 def _open_mirror(
