@@ -3,7 +3,8 @@
 - :func:`make_cube`: small in-memory cubes with planted, hand-checkable patterns;
 - :func:`raise_if_dask_computes`: a counting dask scheduler that proves laziness;
 - :func:`serve_mirror`: a local HTTP server for a mirror folder, with fault
-  injection (5xx, slow, truncated, reset);
+  injection (5xx, slow, truncated, reset), latency and a throttled link;
+- :func:`random_sites`: many small random sites inside a mirror folder's footprint;
 - :func:`fake_earthengine`: a local Earth Engine REST server over a mirror
   folder, so Earth Engine pipelines run offline (see :mod:`xembed.testing.earthengine`).
 """
@@ -11,7 +12,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -43,6 +46,7 @@ __all__ = [
     "make_cube",
     "planted_vector",
     "raise_if_dask_computes",
+    "random_sites",
     "serve_mirror",
 ]
 
@@ -141,6 +145,61 @@ def make_cube(
     if chunks is not None:
         ds = ds.chunk(dict(chunks))
     return ds
+
+
+def random_sites(
+    root: str | os.PathLike[str],
+    n: int,
+    *,
+    seed: int = 0,
+    area_ha: tuple[float, float] = (1.0, 10.0),
+    margin_m: float = 300.0,
+) -> list[Any]:
+    """``n`` small demo-like sites inside the data of a local mirror folder.
+
+    Each site is a polygon of 5-8 irregular vertices with an area drawn
+    log-uniformly from ``area_ha``, placed uniformly at random at least
+    ``margin_m`` inside the footprint that every year of the mirror's index
+    covers. Ids are ``1..n``; the same ``seed`` gives the same sites.
+
+    Examples
+    --------
+    >>> import xembed
+    >>> sites = random_sites(xembed.sample_root(), 3, seed=1)
+    >>> [s.id for s in sites], all(s.geometry.area < 1e-5 for s in sites)  # degrees^2
+    ([1, 2, 3], True)
+    """
+    import geopandas as gpd
+
+    from xembed.sites import Site
+
+    index = gpd.read_parquet(Path(root) / "aef_index.parquet")
+    footprints = [shapely.union_all(g.geometry.to_numpy()) for _, g in index.groupby("year")]
+    inside = shapely.intersection_all(footprints)
+    lat = inside.centroid.y
+    metre = (1 / (111_320 * np.cos(np.radians(lat))), 1 / 110_540)  # degrees per metre (x, y)
+    inside = inside.buffer(-margin_m * max(metre))
+    if inside.is_empty:
+        raise ValueError(f"the mirror at {str(root)!r} has no footprint {margin_m} m inside")
+    rng = np.random.default_rng(seed)
+    west, south, east, north = inside.bounds
+    sites: list[Any] = []
+    while len(sites) < n:
+        centre = shapely.Point(rng.uniform(west, east), rng.uniform(south, north))
+        k = int(rng.integers(5, 9))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, k))
+        ring = np.column_stack([np.cos(angles), np.sin(angles)]) * rng.uniform(0.7, 1.3, (k, 1))
+        area = np.exp(rng.uniform(*np.log(np.multiply(area_ha, 1e4))))
+        shape = shapely.Polygon(ring)
+        if not shape.is_valid or not shape.area > 0:
+            continue
+        scale = np.sqrt(area / shape.area)
+        polygon = shapely.affinity.affine_transform(
+            shape, [scale * metre[0], 0, 0, scale * metre[1], centre.x, centre.y]
+        )
+        if inside.contains(polygon):
+            sites.append(Site(id=len(sites) + 1, start_year=None, geometry=polygon))
+    return sites
 
 
 class CountingScheduler:

@@ -17,6 +17,12 @@ the network misbehaves:
 - a connection reset (``{"reset": True}``: the connection is aborted with a
   TCP RST before any reply).
 
+A distant server is imitated with ``latency=`` (seconds before every reply)
+and ``rate=`` (bytes per second shared by all connections). Answers carry
+``ETag`` and ``Last-Modified``; ``If-None-Match`` / ``If-Modified-Since`` get
+``304 Not Modified``. The request log has start and end times: requests,
+bytes, peak requests in flight and sequential rounds can be counted.
+
 Rules choose requests by path, method, byte range and position, e.g.
 ``{"path_glob": "*.tiff", "nth": [1, 2], "status": 503}`` fails the first two
 requests for any ``.tiff`` file. A callable taking a :class:`MirrorRequest`
@@ -31,180 +37,32 @@ demonstration tool, not a production file server.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import email.utils
 import fnmatch
+import heapq
 import http.server
+import math
 import os
 import socket
 import struct
 import threading
+import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from xembed.errors import SourceError
+from xembed.testing.faults import Fault, FaultRule, MirrorRequest, as_rules
 
 __all__ = ["Fault", "FaultRule", "MirrorRequest", "MirrorServer", "serve_mirror"]
 
 _CHUNK = 1 << 20  # bytes per socket write
+_RATE_CHUNK = 1 << 16  # bytes per write on a throttled link: connections interleave finely
 _IDLE_TIMEOUT = 30.0  # seconds an idle keep-alive connection stays open
-
-
-@dataclass(frozen=True)
-class Fault:
-    """What to do to one request instead of (or on top of) answering it.
-
-    Attributes
-    ----------
-    status : int or None
-        Answer with this HTTP status (e.g. 500, 503, 429, 404) and a short
-        text body, instead of the file.
-    delay : float
-        Seconds to wait before answering (a slow server; combine with
-        another field to be slow *and* fail).
-    truncate : int or None
-        Announce the full ``Content-Length`` but send only this many body
-        bytes, then close the connection (a body cut short in transit).
-    reset : bool
-        Abort the connection with a TCP reset before sending anything.
-
-    Examples
-    --------
-    >>> Fault(status=503)
-    Fault(status=503, delay=0.0, truncate=None, reset=False)
-    >>> Fault(truncate=-1)
-    Traceback (most recent call last):
-    ...
-    ValueError: Fault.truncate must be a byte count >= 0 or None, not -1
-    """
-
-    status: int | None = None
-    delay: float = 0.0
-    truncate: int | None = None
-    reset: bool = False
-
-    def __post_init__(self) -> None:
-        if self.status is not None and not 100 <= int(self.status) <= 599:
-            raise ValueError(f"Fault.status must be an HTTP status 100..599, not {self.status!r}")
-        if not float(self.delay) >= 0:
-            raise ValueError(f"Fault.delay must be seconds >= 0, not {self.delay!r}")
-        if self.truncate is not None and int(self.truncate) < 0:
-            raise ValueError(
-                f"Fault.truncate must be a byte count >= 0 or None, not {self.truncate!r}"
-            )
-
-
-@dataclass(frozen=True)
-class MirrorRequest:
-    """One request the server received (retries are separate requests).
-
-    Attributes
-    ----------
-    number : int
-        1-based serial number among all requests since the last reset.
-    method : str
-        ``"GET"`` or ``"HEAD"``.
-    path : str
-        The requested file relative to the mirror folder, e.g.
-        ``"2019/22S/x-0000000000-0000000000.tiff"`` (no URL prefix).
-    range : str or None
-        The ``Range`` header as sent, e.g. ``"bytes=0-16383"``.
-    status : int
-        The HTTP status answered (0 for a reset, or while being answered).
-    fault : Fault or None
-        The fault injected into this request, if any.
-    sent : int
-        Body bytes sent.
-    """
-
-    number: int
-    method: str
-    path: str
-    range: str | None = None
-    status: int = 0
-    fault: Fault | None = None
-    sent: int = 0
-
-
-#: A fault rule: a mapping (see :func:`serve_mirror`) or a callable.
-FaultRule = Mapping[str, Any] | Callable[[MirrorRequest], "Fault | Mapping[str, Any] | None"]
-
-_FAULT_KEYS = frozenset(f.name for f in fields(Fault))
-_FILTER_KEYS = frozenset({"path_glob", "method", "ranged", "nth"})
-
-
-def _as_fault(value: Fault | Mapping[str, Any] | None) -> Fault | None:
-    if value is None or isinstance(value, Fault):
-        return value
-    if isinstance(value, Mapping):
-        return Fault(**{k: v for k, v in value.items() if k in _FAULT_KEYS})
-    raise TypeError(
-        f"a fault rule returned {type(value).__name__}; expected a Fault, a mapping of "
-        f"{sorted(_FAULT_KEYS)} or None"
-    )
-
-
-class _Rule:
-    """One fault rule with its own count of the requests it matched."""
-
-    def __init__(self, rule: FaultRule) -> None:
-        self.spec = rule
-        self.count = 0
-        self.callable: Callable[[MirrorRequest], Any] | None = None
-        if callable(rule):
-            self.callable = rule
-            return
-        if not isinstance(rule, Mapping):
-            raise TypeError(
-                f"a fault rule must be a mapping or a callable, not {type(rule).__name__}"
-            )
-        unknown = sorted(set(rule) - _FAULT_KEYS - _FILTER_KEYS)
-        if unknown:
-            raise ValueError(
-                f"unknown fault rule keys {unknown}; filters are {sorted(_FILTER_KEYS)} and "
-                f"actions are {sorted(_FAULT_KEYS)}"
-            )
-        self.fault = _as_fault(rule)
-        if self.fault == Fault():
-            raise ValueError(
-                f"fault rule {dict(rule)!r} does nothing; give one of {sorted(_FAULT_KEYS)}"
-            )
-        self.glob = str(rule.get("path_glob", "*"))
-        method = rule.get("method")
-        self.method = None if method is None else str(method).upper()
-        self.ranged = rule.get("ranged")
-        nth = rule.get("nth")
-        self.nth = None if nth is None else frozenset([nth] if isinstance(nth, int) else nth)
-        if self.nth is not None and not all(isinstance(n, int) and n >= 1 for n in self.nth):
-            raise ValueError(
-                f"fault rule 'nth' must be an int >= 1 or a list of them (1 = the first "
-                f"request the rule matches), not {nth!r}"
-            )
-
-    def __call__(self, request: MirrorRequest) -> Fault | None:
-        if self.callable is not None:
-            return _as_fault(self.callable(request))
-        if not fnmatch.fnmatchcase(request.path, self.glob):
-            return None
-        if self.method is not None and request.method != self.method:
-            return None
-        if self.ranged is not None and bool(self.ranged) != (request.range is not None):
-            return None
-        self.count += 1
-        if self.nth is not None and self.count not in self.nth:
-            return None
-        return self.fault
-
-
-def _as_rules(faults: FaultRule | Sequence[FaultRule] | None) -> list[_Rule]:
-    if faults is None:
-        return []
-    if isinstance(faults, Mapping) or callable(faults):
-        return [_Rule(faults)]
-    return [_Rule(rule) for rule in faults]
 
 
 def _parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
@@ -237,8 +95,27 @@ def _parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None
     return ranges
 
 
+def _not_modified(headers: Any, etag: str, mtime: float) -> bool:
+    """Whether a conditional request gets ``304 Not Modified`` (RFC 9110, 13.2.2).
+
+    >>> _not_modified({"If-None-Match": 'W/"a", "b"'}, '"a"', 0.0)
+    True
+    >>> _not_modified({"If-Modified-Since": "Thu, 01 Jan 1970 00:00:09 GMT"}, '"a"', 10.5)
+    False
+    """
+    match, since = headers.get("If-None-Match"), headers.get("If-Modified-Since")
+    if match is not None:  # takes precedence over the date
+        return bool({t.strip().removeprefix("W/") for t in match.split(",")} & {"*", etag})
+    try:
+        date = email.utils.parsedate_to_datetime(since).replace(tzinfo=datetime.UTC)
+    except (TypeError, ValueError):
+        return False  # none, or an invalid date: ignored (RFC 9110)
+    return int(mtime) <= date.timestamp()  # Last-Modified has whole seconds
+
+
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # listen backlog: the default 5 drops parallel connections
     mirror: MirrorServer
 
 
@@ -290,6 +167,10 @@ class MirrorServer:
         The folder served.
     requests : list of MirrorRequest
         Every request received since the last :meth:`reset`, in order.
+    latency : float
+        Seconds waited before every reply (on top of a fault's ``delay``).
+    rate : float or None
+        Body bytes per second shared by all connections; ``None``: unlimited.
     """
 
     def __init__(
@@ -298,7 +179,14 @@ class MirrorServer:
         faults: FaultRule | Sequence[FaultRule] | None = None,
         *,
         prefix: str | None = None,
+        latency: float = 0.0,
+        rate: float | None = None,
     ) -> None:
+        if not float(latency) >= 0 or not float(rate or 1) > 0:
+            raise ValueError(f"latency must be >= 0 s, rate > 0 B/s: got {latency!r}, {rate!r}")
+        self.latency, self.rate = float(latency), rate
+        self._link_free = 0.0  # when the throttled link can take the next write
+        self._generation = 0  # bumped by reset(): answers in flight then log nothing
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise SourceError(
@@ -311,7 +199,7 @@ class MirrorServer:
             prefix = f"mirror-{uuid.uuid4().hex[:12]}"
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.requests: list[MirrorRequest] = []
-        self._rules = _as_rules(faults)
+        self._rules = as_rules(faults)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
@@ -328,7 +216,7 @@ class MirrorServer:
 
     @faults.setter
     def faults(self, faults: FaultRule | Sequence[FaultRule] | None) -> None:
-        rules = _as_rules(faults)
+        rules = as_rules(faults)
         with self._lock:
             self._rules = rules
 
@@ -336,6 +224,7 @@ class MirrorServer:
         """Forget the requests seen so far; numbering and rule counts restart at 1."""
         with self._lock:
             self.requests.clear()
+            self._generation += 1
             for rule in self._rules:
                 rule.count = 0
 
@@ -351,13 +240,10 @@ class MirrorServer:
         >>> server.count("*.tiff"), server.count("*.tiff", faulted=False)
         (1, 0)
         """
-        with self._lock:
-            requests = list(self.requests)
         return sum(
-            fnmatch.fnmatchcase(r.path, path_glob)
-            and (method is None or r.method == method.upper())
+            (method is None or r.method == method.upper())
             and (faulted is None or (r.fault is not None) == faulted)
-            for r in requests
+            for r in self._matching(path_glob)
         )
 
     def bytes_sent(self, path_glob: str = "*") -> int:
@@ -370,25 +256,86 @@ class MirrorServer:
         >>> server.bytes_sent("*.tiff"), server.bytes_sent("*.parquet")
         (100, 0)
         """
+        return sum(r.sent for r in self._matching(path_glob))
+
+    def _matching(self, path_glob: str) -> list[MirrorRequest]:
         with self._lock:
             requests = list(self.requests)
-        return sum(r.sent for r in requests if fnmatch.fnmatchcase(r.path, path_glob))
+        return [r for r in requests if fnmatch.fnmatchcase(r.path, path_glob)]
 
-    def _begin(self, method: str, path: str, range_: str | None) -> tuple[int, Fault | None]:
+    def peak_in_flight(self, path_glob: str = "*") -> int:
+        """The most requests matching ``path_glob`` answered at the same time.
+
+        A request counts from its arrival to the last write of its answer
+        (see :meth:`rounds` for an example).
+        """
+        events = []
+        for r in self._matching(path_glob):
+            events.append((r.started, 1))
+            if r.ended == r.ended:  # not nan: answered
+                events.append((r.ended, -1))
+        peak = now = 0
+        for _, step in sorted(events):  # at equal times an end (-1) comes first
+            now += step
+            peak = max(peak, now)
+        return peak
+
+    def rounds(self, path_glob: str = "*") -> int:
+        """Sequential rounds: the longest chain of requests matching ``path_glob``
+        each of which arrived after the previous one was answered.
+
+        With a ``latency`` of ``d`` seconds, the reading took at least
+        ``rounds() * d``.
+
+        Examples
+        --------
+        >>> server = MirrorServer(".", prefix="")
+        >>> server.requests += [MirrorRequest(1, "GET", "a", started=0.0, ended=2.0),
+        ...                     MirrorRequest(2, "GET", "b", started=1.0, ended=3.0),
+        ...                     MirrorRequest(3, "GET", "a", started=3.0, ended=4.0)]
+        >>> server.rounds(), server.rounds("b"), server.peak_in_flight(), server.peak_in_flight("a")
+        (2, 1, 2, 1)
+        """
+        done: list[tuple[float, int]] = []  # (ended, chain length) of requests seen
+        best = longest = 0
+        for r in sorted(self._matching(path_glob), key=lambda r: r.started):
+            while done and done[0][0] <= r.started:
+                best = max(best, heapq.heappop(done)[1])
+            ended = r.ended if r.ended == r.ended else float("inf")
+            heapq.heappush(done, (ended, best + 1))
+            longest = max(longest, best + 1)
+        return longest
+
+    def _begin(
+        self, method: str, path: str, range_: str | None
+    ) -> tuple[tuple[int, int], Fault | None]:
         with self._lock:
             number = len(self.requests) + 1
-            request = MirrorRequest(number, method, path, range_)
+            request = MirrorRequest(number, method, path, range_, started=time.monotonic())
             fault = None
             for rule in self._rules:  # every rule counts the requests it matches
                 found = rule(request)
                 fault = fault or found
             self.requests.append(replace(request, fault=fault))
-            return number - 1, fault
+            return (self._generation, number - 1), fault
 
-    def _finish(self, slot: int, status: int, sent: int) -> None:
+    def _finish(self, slot: tuple[int, int], *, unless_ended: bool = False, **changes: Any) -> None:
+        """Log ``status``, ``sent`` or ``ended`` of a request (unless reset meanwhile)."""
+        generation, i = slot
         with self._lock:
-            if slot < len(self.requests):
-                self.requests[slot] = replace(self.requests[slot], status=status, sent=sent)
+            if generation != self._generation or i >= len(self.requests):
+                return
+            if not (unless_ended and self.requests[i].ended == self.requests[i].ended):
+                self.requests[i] = replace(self.requests[i], **changes)
+
+    def _throttle(self, n: int) -> None:
+        """Hold a write of ``n`` bytes until the shared link (``rate``) has carried it."""
+        if self.rate is None:
+            return
+        with self._lock:
+            start = max(time.monotonic(), self._link_free)
+            self._link_free = done = start + n / float(self.rate)
+        self._stopping.wait(max(0.0, done - time.monotonic()))
 
     # ------------------------------------------------------------------ HTTP
 
@@ -405,13 +352,26 @@ class MirrorServer:
 
     def _answer(self, handler: _Handler, method: str) -> None:
         relative, target = self._file(handler.path)
-        range_header = handler.headers.get("Range")
-        slot, fault = self._begin(method, relative, range_header)
-        fault = fault or Fault()
-        if fault.delay and self._stopping.wait(fault.delay):
+        slot, fault = self._begin(method, relative, handler.headers.get("Range"))
+        try:
+            self._reply(handler, slot, method, relative, target, fault or Fault())
+        finally:  # if not logged on the way: the client went away
+            self._finish(slot, ended=time.monotonic(), unless_ended=True)
+
+    def _reply(
+        self,
+        handler: _Handler,
+        slot: tuple[int, int],
+        method: str,
+        relative: str,
+        target: Path | None,
+        fault: Fault,
+    ) -> None:
+        wait = self.latency + fault.delay
+        if wait and self._stopping.wait(wait):
             fault = Fault(reset=True)  # shutting down: do not answer
         if fault.reset:
-            self._finish(slot, 0, 0)
+            self._finish(slot, status=0, sent=0, ended=time.monotonic())
             self._abort(handler)
             return
         text = {"Content-Type": "text/plain"}
@@ -425,13 +385,19 @@ class MirrorServer:
             return
         stat = target.stat()
         size = stat.st_size
-        headers = {
-            "Accept-Ranges": "bytes",
+        validators = {
             "Last-Modified": email.utils.formatdate(stat.st_mtime, usegmt=True),
             "ETag": f'"{size:x}-{stat.st_mtime_ns:x}"',
+        }
+        if _not_modified(handler.headers, validators["ETag"], stat.st_mtime):
+            self._send(handler, slot, method, 304, validators, [], None)
+            return
+        headers = {
+            "Accept-Ranges": "bytes",
+            **validators,
             "Content-Type": "application/octet-stream",
         }
-        ranges = _parse_ranges(range_header, size)
+        ranges = _parse_ranges(handler.headers.get("Range"), size)
         segments: list[bytes | tuple[int, int]]
         if ranges is None:
             status, segments = 200, [(0, size)]
@@ -458,7 +424,7 @@ class MirrorServer:
     def _send(
         self,
         handler: _Handler,
-        slot: int,
+        slot: tuple[int, int],
         method: str,
         status: int,
         headers: Mapping[str, str],
@@ -471,27 +437,39 @@ class MirrorServer:
         handler.send_response(status)
         for key, value in headers.items():
             handler.send_header(key, value)
-        handler.send_header("Content-Length", str(length))
-        self._finish(slot, status, 0)
+        if status != 304:  # a 304 has no body, and its length would be the file's
+            handler.send_header("Content-Length", str(length))
+        # The log is complete before the last write: a client holding the
+        # answer (and sending its next request) finds its request logged.
+        bodiless = method == "HEAD" or status == 304 or not length
+        self._finish(slot, status=status, sent=0, ended=time.monotonic() if bodiless else math.nan)
         handler.end_headers()
-        if method == "HEAD":
+        if bodiless:
             return
         limit = length if truncate is None else min(truncate, length)
+        chunk = _CHUNK if self.rate is None else _RATE_CHUNK
         sent = 0
+
+        def write(data: bytes) -> None:
+            nonlocal sent
+            if sent + len(data) >= limit:
+                self._finish(slot, status=status, sent=limit, ended=time.monotonic())
+            handler.wfile.write(data)
+            sent += len(data)
+
         for segment in segments:
             if isinstance(segment, bytes):
-                data = segment[: limit - sent]
-                handler.wfile.write(data)
-                sent += len(data)
+                write(segment[: limit - sent])
                 continue
             start, stop = segment
             file.seek(start)
             while sent < limit and start < stop and not self._stopping.is_set():
-                data = file.read(min(_CHUNK, stop - start, limit - sent))
-                handler.wfile.write(data)
-                sent += len(data)
+                data = file.read(min(chunk, stop - start, limit - sent))
+                self._throttle(len(data))
+                write(data)
                 start += len(data)
-        self._finish(slot, status, sent)
+        if sent < limit:  # stopped early (shutting down)
+            self._finish(slot, status=status, sent=sent, ended=time.monotonic())
         if sent < length:  # cut short: close, so the client sees a truncated transfer
             handler.close_connection = True
             handler.wfile.flush()
@@ -559,6 +537,8 @@ def serve_mirror(
     *,
     faults: FaultRule | Sequence[FaultRule] | None = None,
     prefix: str | None = None,
+    latency: float = 0.0,
+    rate: float | None = None,
 ) -> Iterator[MirrorServer]:
     """Serve a mirror folder over HTTP on 127.0.0.1, optionally injecting faults.
 
@@ -587,19 +567,32 @@ def serve_mirror(
         ``mirror-<hex>``, so every server has fresh URLs (GDAL's ``/vsicurl/``
         caches file sizes and data by URL for the life of the process, and
         xembed caches indexes by URL). Pass ``""`` to serve at the root.
+    latency : float, default 0
+        Seconds to wait before every reply, like a round trip to a distant
+        server (a fault's ``delay`` adds to it). Assign ``server.latency``
+        to change it.
+    rate : float, optional
+        Throttle bodies to this many bytes per second, shared by all
+        connections (a link: 100 Mbit/s is ``12.5e6``). Default: unlimited.
 
     Yields
     ------
     MirrorServer
-        With ``.url``, ``.requests`` (every :class:`MirrorRequest`),
-        ``.count(...)``, ``.bytes_sent(...)``, ``.faults`` and ``.reset()``.
+        With ``.url``, ``.requests`` (every :class:`MirrorRequest`, with
+        start and end times), ``.count(...)``, ``.bytes_sent(...)``,
+        ``.peak_in_flight(...)``, ``.rounds(...)``, ``.faults`` and
+        ``.reset()``.
 
     Notes
     -----
     The server binds 127.0.0.1 only. Idle keep-alive connections close after
     30 s; on exit the server stops and open connections are closed, which
     also cuts short injected delays. ``HEAD`` answers never get a truncated
-    body (they have none).
+    body (they have none). The listen backlog is 1024 and every connection
+    has its own thread, so a reader may open many connections at once.
+    Answers carry ``ETag`` and ``Last-Modified``; a conditional request
+    (``If-None-Match``, else ``If-Modified-Since``) on an unchanged file is
+    answered ``304 Not Modified`` without a body.
 
     Examples
     --------
@@ -619,6 +612,6 @@ def serve_mirror(
     second: 206 bytes 2-4/10 b'\\x02\\x03\\x04'
     2 1
     """
-    server = MirrorServer(root, faults, prefix=prefix)
+    server = MirrorServer(root, faults, prefix=prefix, latency=latency, rate=rate)
     with server:
         yield server
