@@ -12,6 +12,19 @@ layouts (``--layout``):
 - ``chunked``: every chunk its own contiguous array, as a reader (the COG
   source, rioxarray, Zarr) hands them to dask.
 
+Three chunkings of the dask cube are timed side by side (``--chunkings``):
+
+- ``default``: all years and bands, ``--chunk`` pixels (256 x 256), as
+  :func:`xembed.open_embeddings` gives;
+- ``strips``: all years and bands, full-width strips of about as many pixels;
+- ``year``: one year per chunk (``--chunk`` pixels), what per-year Zarr
+  stores, rioxarray and ``chunks={"year": 1}`` give.
+
+In the array layout each chunking is a graph of views of the one array; in
+the chunked layout a chunking other than ``--chunk`` is its own contiguous
+copy of the cube (one more cube in memory), and a year of a chunk is a
+contiguous array, as a per-year Zarr store hands it to dask.
+
 Every method writes into a preallocated, already-touched output array of the
 same shape, so timings and peak memory compare the computation, not the
 allocation of a result. Methods run in interleaved rounds (round 1: every
@@ -19,8 +32,8 @@ method, round 2: every method, ...; before each run the script waits up to
 ``--idle-timeout`` s for other processes to leave the CPUs idle) and the
 best round counts.
 
-Methods, for ``pairwise_similarity`` (all year pairs) and ``similarity(
-reference="previous")``:
+Methods, for ``pairwise_similarity`` (all year pairs), ``similarity(
+reference="previous")`` and ``similarity(reference="first")`` (``--modes``):
 
 - ``numpy kernel (DESIGN 6)``: the reference kernel of the design's
   performance model, no dask: 4096-pixel tiles copied contiguous and
@@ -29,18 +42,21 @@ reference="previous")``:
 - ``xembed kernel, no dask``: xembed's block kernel (``xembed.ops.cosine.cosine_block``)
   called on the same regions by the same 2 threads: the practical limit of
   that kernel on this layout, so ``xembed / this`` is the cost of dask;
-- ``xembed``: the public function on the dask cube, stored with ``da.store``;
-- ``xembed, chunks ...`` (``--also-chunks``, array layout): other chunkings
-  of the same array, e.g. full-width strips;
-- ``xembed, year-chunked cube`` (``--year-chunked``): one year per chunk, as
-  some readers give it, so the kernel needs a rechunk first;
-- ``naive xarray``: ``(a * b).sum("band") / (norm_a * norm_b)`` on the
-  default dask cube, what one writes by hand (``--naive-rows``: on a subset
-  of rows, time scaled per pixel).
+- ``xembed``, ``xembed, strips``, ``xembed, year``: the public function on
+  each chunking of the dask cube, stored with ``da.store``;
+- ``xembed, chunks ...`` (``--also-chunks``, array layout): more chunkings
+  of the same array, xembed only;
+- ``naive xarray`` (one per chunking): ``(a * b).sum("band") / (norm_a *
+  norm_b)`` on the same dask cube, what one writes by hand (``--naive-rows``:
+  on a subset of rows, time scaled per pixel).
+
+After each table one line per chunking gives naive xarray / xembed (target
+>= 2) and xembed / the best numpy kernel (target <= 1.3).
 
 Usage::
 
     python -m benchmarks.similarity --naive-rows 256    # (8, 64, 2000, 2000): 8.2 GB
+    python -m benchmarks.similarity --size 1000 --layout chunked   # 2 GB, minutes
     python -m benchmarks.similarity --quick             # (8, 64, 512, 512), seconds
 """
 
@@ -136,6 +152,24 @@ class Storage:
                 for i, rows in enumerate(self.row_slices)
                 for j, cols in enumerate(self.col_slices)
             }
+        self._copies: dict[tuple[int, int], dict[tuple[int, int], np.ndarray]] = {}
+
+    def window(self, rows: slice, cols: slice) -> np.ndarray:
+        """A contiguous copy of one window of the cube (chunked layout)."""
+        shape = (self.years, N_BANDS, rows.stop - rows.start, cols.stop - cols.start)
+        out = np.empty(shape, np.float32)
+        for (i, j), block in self.blocks.items():
+            r, c = self.row_slices[i], self.col_slices[j]
+            lo_r, hi_r = max(r.start, rows.start), min(r.stop, rows.stop)
+            lo_c, hi_c = max(c.start, cols.start), min(c.stop, cols.stop)
+            if lo_r < hi_r and lo_c < hi_c:
+                out[
+                    :,
+                    :,
+                    lo_r - rows.start : hi_r - rows.start,
+                    lo_c - cols.start : hi_c - cols.start,
+                ] = block[:, :, lo_r - r.start : hi_r - r.start, lo_c - c.start : hi_c - c.start]
+        return out
 
     def dask(self, chunk: tuple[int, int] | None = None, year_chunk: int | None = None) -> Any:
         """A dask array of views: nothing is copied."""
@@ -150,11 +184,18 @@ class Storage:
                     for j, cols in enumerate(col_slices):
                         dsk[(name, k, 0, i, j)] = self.array[ys, :, rows, cols]
         else:
+            row_slices, col_slices, blocks = self.row_slices, self.col_slices, self.blocks
             if chunk is not None and chunk != self.chunk:
-                raise ValueError("the chunked layout has the chunks it was built with")
-            row_slices, col_slices = self.row_slices, self.col_slices
+                row_slices, col_slices = bounds(self.size, chunk[0]), bounds(self.size, chunk[1])
+                if chunk not in self._copies:
+                    self._copies[chunk] = {
+                        (i, j): self.window(rows, cols)
+                        for i, rows in enumerate(row_slices)
+                        for j, cols in enumerate(col_slices)
+                    }
+                blocks = self._copies[chunk]
             for k, ys in enumerate(year_slices):
-                for (i, j), block in self.blocks.items():
+                for (i, j), block in blocks.items():
                     dsk[(name, k, 0, i, j)] = block[ys]
         chunks = tuple(
             tuple(s.stop - s.start for s in slices)
@@ -207,6 +248,15 @@ def naive_previous(ds: xr.Dataset) -> xr.DataArray:
     return ((cur * prev).sum("band") / (norm_cur * norm_prev)).transpose("year", "y", "x")
 
 
+def naive_first(ds: xr.Dataset) -> xr.DataArray:
+    a = ds["embeddings"]
+    first = a.isel(year=0, drop=True)
+    norm = np.sqrt((a * a).sum("band"))
+    return ((a * first).sum("band") / (norm * norm.isel(year=0, drop=True))).transpose(
+        "year", "y", "x"
+    )
+
+
 def store(result: xr.DataArray, out: np.ndarray) -> None:
     with np.errstate(invalid="ignore", divide="ignore"):
         da.store(result.data, out, lock=False)
@@ -233,6 +283,10 @@ def _reference_region(view: np.ndarray, mode: str) -> np.ndarray:
                         dot = np.clip(np.einsum("bt,bt->t", t[i], t[j]), -1.0, 1.0)
                         res[i, j, sl] = dot
                         res[j, i, sl] = dot
+            elif mode == "first":
+                res[0, sl] = np.where(np.isnan(norm[0]), np.nan, 1.0)
+                for i in range(1, n_years):
+                    res[i, sl] = np.clip(np.einsum("bt,bt->t", t[i], t[0]), -1.0, 1.0)
             else:
                 res[0, sl] = np.nan
                 for i in range(1, n_years):
@@ -248,7 +302,7 @@ def pool_kernel(storage: Storage, out: np.ndarray, mode: str, threads: int, kern
         if kernel == "reference":
             out[..., rows, cols] = _reference_region(view, mode)
         else:
-            out[..., rows, cols] = cosine_block(view, mode)
+            out[..., rows, cols] = cosine_block(view, "reference" if mode == "first" else mode)
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(work, storage.regions()))
@@ -336,7 +390,15 @@ def parse_chunk(text: str) -> tuple[int, int]:
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
-def main(argv: list[str] | None = None) -> None:
+CHUNKINGS = ("default", "strips", "year")
+MODES = {
+    "pairwise": ("pairwise_similarity", pairwise_similarity, naive_pairwise),
+    "previous": ('similarity("previous")', lambda d: similarity(d, "previous"), naive_previous),
+    "first": ('similarity("first")', lambda d: similarity(d, "first"), naive_first),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--years", type=int, default=8)
     parser.add_argument("--size", type=int, default=2000, help="pixels per side (default 2000)")
@@ -344,20 +406,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--chunk",
         default=str(DEFAULT_CHUNKS["y"]),
-        help="spatial chunk of the dask cube, 'N' or 'NxM' (rows x columns); all years and "
-        f"bands in each chunk (default {DEFAULT_CHUNKS['y']}, xembed.open_embeddings')",
+        help="spatial chunk of the dask cube, 'N' or 'NxM' (rows x columns) "
+        f"(default {DEFAULT_CHUNKS['y']}, xembed.open_embeddings')",
+    )
+    parser.add_argument(
+        "--chunkings",
+        default=",".join(CHUNKINGS),
+        help="comma-separated chunkings to time xembed and naive xarray on: default (all "
+        "years, --chunk), strips (all years, full-width rows of about as many pixels), "
+        "year (one year per chunk, --chunk) (default: all three)",
+    )
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated functions to time, of {', '.join(MODES)} (default: all)",
     )
     parser.add_argument(
         "--also-chunks",
         action="append",
         default=[],
         metavar="NxM",
-        help="array layout: also time xembed with these spatial chunks (repeatable)",
-    )
-    parser.add_argument(
-        "--year-chunked",
-        action="store_true",
-        help="also time xembed on a cube with one year per chunk (a rechunk first)",
+        help="also time xembed (only) with these spatial chunks, all years (repeatable)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="rounds; best counts (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="dask / pool threads (default 2)")
@@ -369,13 +438,102 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_idle_timeout(parser)
     parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke run: --size 512 --repeat 1 --year-chunked --idle-timeout 0",
+        "--quick", action="store_true", help="smoke run: --size 512 --repeat 1 --idle-timeout 0"
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.repeat, args.year_chunked, args.idle_timeout = 512, 1, True, 0.0
+        args.size, args.repeat, args.idle_timeout = 512, 1, 0.0
+    args.chunkings = [c for c in args.chunkings.split(",") if c]
+    args.modes = [m for m in args.modes.split(",") if m]
+    unknown = sorted(set(args.chunkings) - set(CHUNKINGS)) + sorted(set(args.modes) - set(MODES))
+    if unknown or "default" not in args.chunkings:
+        parser.error(f"unknown chunkings or modes {unknown}; --chunkings must include default")
+    return args
+
+
+Variant = tuple[str, xr.Dataset, xr.Dataset, str]  # name, cube, naive cube, chunks
+
+
+def variants_of(args: argparse.Namespace, storage: Storage, years: list[int]) -> list[Variant]:
+    """The dask cubes to time: one per chunking, and the naive subsets of them."""
+    chunk = parse_chunk(args.chunk)
+    strip = (max(1, chunk[0] * chunk[1] // args.size), args.size)
+    specs: dict[str, tuple[str, tuple[int, int], int]] = {
+        "default": ("xembed", chunk, args.years),
+        "strips": ("xembed, strips", strip, args.years),
+        "year": ("xembed, year", chunk, 1),
+    }
+    out = []
+    for key in args.chunkings:
+        name, (r, c), ny = specs[key]
+        cube = as_cube(storage.dask(chunk=(r, c), year_chunk=ny), years)
+        naive = cube
+        if args.naive_rows and args.naive_rows < args.size:
+            naive = cube.isel(y=slice(0, args.naive_rows))
+        out.append((name, cube, naive, f"({ny}, 64, {r}, {c})"))
+    return out
+
+
+def methods_for(
+    mode: str, args: argparse.Namespace, storage: Storage, variants: list[Variant]
+) -> list[Method]:
+    _, public, naive = MODES[mode]
+    methods: list[Method] = [
+        (
+            "numpy kernel (DESIGN 6)",
+            lambda out: pool_kernel(storage, out, mode, args.threads, "reference"),
+            1.0,
+            "",
+        ),
+        (
+            "xembed kernel, no dask",
+            lambda out: pool_kernel(storage, out, mode, args.threads, "xembed"),
+            1.0,
+            "",
+        ),
+    ]
+
+    def naive_into(out: np.ndarray, cube: xr.Dataset) -> None:
+        result = naive(cube)
+        if mode == "previous":
+            out[0] = np.nan
+            out = out[1:]
+        store(result, out[..., : cube.sizes["y"], :])
+
+    scale, note = 1.0, ""
+    if args.naive_rows and args.naive_rows < args.size:
+        scale = args.size / args.naive_rows
+        note = f"{args.naive_rows} of {args.size} rows, time x{scale:g}"
+    for name, cube, _, chunks in variants:
+        methods.append((name, lambda out, c=cube: store(public(c), out), 1.0, f"chunks {chunks}"))
+    for spec in args.also_chunks:
+        c = parse_chunk(spec)
+        cube = as_cube(storage.dask(chunk=c), list(variants[0][1]["year"].values))
+        name = f"xembed, chunks {c[0]}x{c[1]}"
+        methods.append((name, lambda out, c=cube: store(public(c), out), 1.0, ""))
+    for name, _, naive_cube, _ in variants:
+        label = name.replace("xembed", "naive xarray")
+        methods.append((label, lambda out, c=naive_cube: naive_into(out, c), scale, note))
+    return methods
+
+
+def verdicts(res: dict[str, Measurement], variants: list[Variant]) -> list[str]:
+    """One line per chunking: the two target ratios."""
+    kernel = min(res["numpy kernel (DESIGN 6)"].best, res["xembed kernel, no dask"].best)
+    lines = []
+    for name, *_ in variants:
+        x = res[name].best
+        naive = res[name.replace("xembed", "naive xarray")].best / x
+        lines.append(
+            f"{name}: naive xarray / xembed = {naive:.2f} (target >= 2: "
+            f"{'met' if naive >= 2 else 'NOT met'}); xembed / best numpy kernel = "
+            f"{x / kernel:.2f} (target <= 1.3: {'met' if x / kernel <= 1.3 else 'NOT met'})"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     years = list(range(2017, 2017 + args.years))
     n_pixels = args.size * args.size
     chunk = parse_chunk(args.chunk)
@@ -383,77 +541,22 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     with PeakRSS() as build:
         storage = Storage(args.years, args.size, args.layout, chunk)
-        ds = as_cube(storage.dask(), years)
+        variants = variants_of(args, storage, years)
     print(
         f"cube {storage.shape} float32, {storage.nbytes / 1e9:.2f} GB ({args.layout} layout), "
-        f"built in {time.perf_counter() - t0:.1f} s; RSS +{mib(build.increase):,.0f} MiB: "
-        "the data once, wrapping it in dask copied nothing",
+        f"built in {time.perf_counter() - t0:.1f} s; RSS +{mib(build.increase):,.0f} MiB "
+        "(the data, and in the chunked layout a copy per other chunking; wrapping it in "
+        "dask copied nothing)",
         file=sys.stderr,
         flush=True,
     )
-    naive_ds = ds
-    naive_scale, naive_note = 1.0, ""
-    if args.naive_rows and args.naive_rows < args.size:
-        naive_ds = ds.isel(y=slice(0, args.naive_rows))
-        naive_scale = args.size / args.naive_rows
-        naive_note = f"{args.naive_rows} of {args.size} rows, time x{naive_scale:g}"
-    variants: list[tuple[str, xr.Dataset, str]] = []
-    for spec in args.also_chunks:
-        c = parse_chunk(spec)
-        variants.append(
-            (f"xembed, chunks {c[0]}x{c[1]}", as_cube(storage.dask(chunk=c), years), "")
-        )
-    if args.year_chunked:
-        year_chunk = chunk if args.layout == "chunked" else (512, 512)
-        variants.append(
-            (
-                "xembed, year-chunked cube",
-                as_cube(storage.dask(chunk=year_chunk, year_chunk=1), years),
-                f"(1, 64, {year_chunk[0]}, {year_chunk[1]})",
-            )
-        )
-
-    def methods_for(mode: str) -> list[Method]:
-        public: Callable[[xr.Dataset], xr.DataArray]
-        if mode == "pairwise":
-            public, naive = pairwise_similarity, naive_pairwise
-        else:
-            public, naive = (lambda d: similarity(d, reference="previous")), naive_previous
-
-        def naive_into(out: np.ndarray) -> None:
-            result = naive(naive_ds)
-            if mode == "previous":
-                out[0] = np.nan
-                out = out[1:]
-            store(result, out[..., : naive_ds.sizes["y"], :])
-
-        methods: list[Method] = [
-            (
-                "numpy kernel (DESIGN 6)",
-                lambda out: pool_kernel(storage, out, mode, args.threads, "reference"),
-                1.0,
-                "",
-            ),
-            (
-                "xembed kernel, no dask",
-                lambda out: pool_kernel(storage, out, mode, args.threads, "xembed"),
-                1.0,
-                "",
-            ),
-            ("xembed", lambda out: store(public(ds), out), 1.0, ""),
-        ]
-        for name, cube, note in variants:
-            methods.append((name, lambda out, c=cube: store(public(c), out), 1.0, note))
-        methods.append(("naive xarray", naive_into, naive_scale, naive_note))
-        return methods
-
     chunk_bytes = args.years * N_BANDS * chunk[0] * chunk[1] * 4
     header = [
         f"Command: `{command_line()}`",
         f"Machine: {machine()}",
         f"Cube: {storage.shape} float32 = {storage.nbytes / 1e9:.2f} GB in memory, "
-        f"{args.layout} layout; dask chunks ({args.years}, 64, {chunk[0]}, {chunk[1]}) = "
-        f"{chunk_bytes / 2**20:,.0f} MiB "
+        f"{args.layout} layout; default dask chunks ({args.years}, 64, {chunk[0]}, {chunk[1]})"
+        f" = {chunk_bytes / 2**20:,.0f} MiB "
         + (
             "(strided views of the array)"
             if args.layout == "array"
@@ -463,24 +566,24 @@ def main(argv: list[str] | None = None) -> None:
     ]
     tables = []
     with dask_threads(args.threads):
-        for mode, out_shape, label in (
-            ("pairwise", (args.years, args.years, args.size, args.size), "pairwise_similarity"),
-            ("previous", (args.years, args.size, args.size), 'similarity("previous")'),
-        ):
+        for mode in args.modes:
+            label = MODES[mode][0]
+            out_shape: tuple[int, ...] = (args.years, args.size, args.size)
+            if mode == "pairwise":
+                out_shape = (args.years, *out_shape)
             text, res = run_mode(
-                label, methods_for(mode), out_shape, args.repeat, n_pixels, args.idle_timeout
-            )
-            x = res["xembed"].best
-            naive_ratio = res["naive xarray"].best / x
-            kernel = min(res["numpy kernel (DESIGN 6)"].best, res["xembed kernel, no dask"].best)
-            verdict = (
-                f"naive xarray / xembed = {naive_ratio:.2f} (target >= 2: "
-                f"{'met' if naive_ratio >= 2 else 'NOT met'}); xembed / best numpy kernel = "
-                f"{x / kernel:.2f} (target <= 1.3: {'met' if x / kernel <= 1.3 else 'NOT met'})"
+                label,
+                methods_for(mode, args, storage, variants),
+                out_shape,
+                args.repeat,
+                n_pixels,
+                args.idle_timeout,
             )
             out_chunk = int(np.prod(out_shape[:-2])) * chunk[0] * chunk[1] * 4
             tables.append(
-                f"{text}\n\n{verdict}. Output chunk {out_chunk / 2**20:,.0f} MiB; the result "
+                f"{text}\n\n"
+                + "\n".join(f"- {line}" for line in verdicts(res, variants))
+                + f"\n\nDefault output chunk {out_chunk / 2**20:,.0f} MiB; the result "
                 f"({np.prod(out_shape) * 4 / 2**20:,.0f} MiB) goes into a preallocated array "
                 "and is not counted in peak RSS."
             )

@@ -564,7 +564,11 @@ def _site_inputs(cube: xr.Dataset) -> dict[str, tuple[Any, list]]:
 )
 def test_zonal_mean_site_inputs(kind, cube_np):
     sites, ids = _site_inputs(cube_np)[kind]
-    got = ops.zonal_mean(cube_np, sites)
+    if kind == "feature-collection":  # no ids at all: numbered by row, with a warning
+        with pytest.warns(UserWarning, match=r"GeoJSON mapping has no site ids.*by row: 0, 1, 2"):
+            got = ops.zonal_mean(cube_np, sites)
+    else:
+        got = ops.zonal_mean(cube_np, sites)
     assert list(got["site"].values) == ids
     reference = ops.zonal_mean(cube_np, some_sites(cube_np)[:3])
     # A reprojected GeoDataFrame goes UTM -> lon/lat -> UTM: vertices move by ~1e-9 m.
@@ -662,7 +666,7 @@ def _heterogeneous_site_cube() -> xr.Dataset:
 
 def test_to_frame_table(cube_np):
     table = ops.to_frame(cube_np)
-    assert list(table.columns) == ["site_id", "year", *BANDS]
+    assert list(table.columns) == ["site_id", "year", "valid_fraction", "valid_ha", *BANDS]
     assert table["year"].tolist() == list(YEARS)
     assert (table["site_id"] == "test").all()
     np.testing.assert_allclose(
@@ -1302,3 +1306,66 @@ def test_min_max_on_chunks_outside_the_polygon_do_not_warn(reducer: str) -> None
     expected = ops.polygon_mean(cube.compute(), reducer=reducer).values
     np.testing.assert_array_equal(got, expected)
     assert np.isfinite(got).all()
+
+
+# --- per-pixel similarity on year-chunked cubes (issue 11, target 7) ---------------
+
+YEAR_CHUNKED = {
+    "year-1": {"year": 1},
+    "year-1-yx": {"year": 1, "y": 7, "x": 9},
+    "year-2": {"year": 2, "y": 12},
+    "year-1-band-16": {"year": 1, "band": 16},
+}
+
+
+def five_year_cube() -> xr.Dataset:
+    """Five years (a reference in the middle) with NaN pixels, a zero vector, a missing band."""
+    cube = make_cube(years=(2018, 2019, 2020, 2021, 2022), shape=SHAPE, seed=4, clip=True)
+    data = cube["embeddings"].values.copy()
+    data[2, :, 5, 6] = 0.0  # a zero vector in the middle year
+    data[0, 7, 20, 2] = np.nan  # one band missing in the first year
+    data[3, :, 11, 3] = np.nan  # masked in one year only
+    return set_embeddings(cube, data)
+
+
+def readers_of_input_chunks(result: xr.DataArray, cube: xr.Dataset) -> list[int]:
+    """For each chunk of ``cube``'s embeddings: how many tasks of ``result`` read it."""
+    from dask.core import get_deps
+
+    name = cube["embeddings"].data.name
+    graph = dict(result.data.__dask_graph__())
+    _, dependents = get_deps(graph)
+    return [len(d) for k, d in dependents.items() if isinstance(k, tuple) and k[0] == name]
+
+
+@pytest.mark.parametrize("chunks", list(YEAR_CHUNKED.values()), ids=list(YEAR_CHUNKED))
+@pytest.mark.parametrize("reference", ["first", 2020, 2022, "previous"])
+def test_similarity_on_year_chunks_equals_numpy_and_default_chunks(chunks, reference):
+    cube = five_year_cube()
+    expected = ops.similarity(cube, reference)
+    default = ops.similarity(cube.chunk({"y": 8, "x": 8}), reference).compute()
+    with raise_if_dask_computes():
+        lazy = ops.similarity(cube.chunk(chunks), reference)
+    assert lazy.chunks[0] == (5,)  # a tile's years in one output chunk (1/64 of the input)
+    for other in (lazy.compute(), default):
+        assert other.dtype == np.float32 and other.dims == ("year", "y", "x")
+        np.testing.assert_array_equal(np.isnan(other.values), np.isnan(expected.values))
+        np.testing.assert_allclose(other.values, expected.values, rtol=0, atol=1e-6)
+    xr.testing.assert_identical(lazy.compute(), expected)  # same arithmetic: same bits
+
+
+@pytest.mark.parametrize("reference", ["first", 2020, "previous"])
+def test_similarity_on_year_chunks_merges_no_year_chunks(reference):
+    cube = five_year_cube().chunk({"year": 1, "y": 12, "x": 10})
+    with raise_if_dask_computes():
+        result = ops.similarity(cube, reference)
+        changed = ops.change(cube, 2019)
+    for lazy in (result, changed):
+        layers = list(lazy.data.__dask_graph__().layers)
+        assert not [n for n in layers if "rechunk" in n], layers
+        # each year chunk is read by one task, as the numpy kernel reads each year once
+        assert set(readers_of_input_chunks(lazy, cube)) == {1}
+    # The check itself sees a merge: the pairwise cosines need every year at once.
+    with raise_if_dask_computes():
+        pairwise = ops.pairwise_similarity(cube)
+    assert [n for n in pairwise.data.__dask_graph__().layers if "rechunk" in n]

@@ -1,16 +1,17 @@
-"""Cosine similarity: between yearly means, per pixel between years, with a query.
+"""Cosine similarity: between yearly means and per pixel between years.
 
-The numpy kernel :func:`cosine_block` computes per-pixel cosines of one
-chunk that holds all years and bands; :func:`_apply_cosine` maps it over a
-dask cube; :func:`similarity`, :func:`pairwise_similarity`, :func:`change`
-and :func:`change_summary` name the results. :func:`similarity_matrix`
-compares a site's yearly means and :func:`search` every pixel with a query.
-"""
+The numpy kernels :func:`cosine_block` (all pairs of years of a chunk) and
+:func:`cosine_years` (each year with a reference or the previous year, in
+the chunk or one year from another) compute per-pixel cosines;
+:func:`_apply_cosine` maps them over a dask cube; :func:`similarity`,
+:func:`pairwise_similarity`, :func:`change` and :func:`change_summary` name
+the results. :func:`similarity_matrix` compares a site's yearly means
+(:mod:`xembed.ops.query` compares every pixel with a query)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import dask
@@ -21,15 +22,14 @@ import xarray as xr
 
 from xembed.ops._base import embeddings_of, spatial_coords, unit, weights_of, year_position
 from xembed.ops.reduce import is_means, polygon_mean, weighted_quantile
-from xembed.ops.zonal import grid_of
 from xembed.schema import PIXEL_SIZE
 
 __all__ = [
     "change",
     "change_summary",
     "cosine_block",
+    "cosine_years",
     "pairwise_similarity",
-    "search",
     "similarity",
     "similarity_matrix",
 ]
@@ -94,50 +94,19 @@ def _pairwise_tile(
         out[(slice(i + 1, None), i, *win)] = row
 
 
-def _yearly_tile(
-    tile: np.ndarray,
-    contract: _Contract,
-    gram_buf: np.ndarray,
-    out: np.ndarray,
-    win: tuple[slice, slice],
-    mode: str,
-    ref: int,
-) -> None:
-    """Cosines of each year of one tile with the previous or the ``ref`` year, into ``out``."""
-    n_years, t = tile.shape[0], tile.shape[-1]
-    r, c = (s.stop - s.start for s in win)
-    squared = gram_buf[: n_years * t].reshape(n_years, t)
-    contract("ygkt,ygkt->ygt", tile, tile, squared)
-    inv = 1.0 / np.sqrt(squared.astype(np.float64))
-    dot = gram_buf[n_years * t : 2 * n_years * t].reshape(n_years, t)
-    if mode == "previous":
-        contract("ygkt,ygkt->ygt", tile[1:], tile[:-1], dot[1:])
-        cos = np.empty((n_years, t))
-        cos[0] = np.nan
-        np.multiply(dot[1:], inv[1:], out=cos[1:])
-        cos[1:] *= inv[:-1]
-    else:
-        contract("ygkt,gkt->ygt", tile, tile[ref], dot)
-        cos = dot * inv
-        cos *= inv[ref]
-        cos[ref] = np.where(squared[ref] > 0, 1.0, np.nan)
-    np.clip(cos, -1.0, 1.0, out=cos)
-    out[(slice(None), *win)] = cos.reshape(n_years, r, c)
-
-
 def cosine_block(block: np.ndarray, mode: str, ref: int = 0) -> np.ndarray:
     """Per-pixel cosines of one chunk holding all years and bands.
 
     ``mode``: ``"pairwise"`` -> (years, years, h, w); ``"previous"`` or
-    ``"reference"`` (against year index ``ref``) -> (years, h, w).
-    Tiles of pixels are made contiguous and normalised once, then one
+    ``"reference"`` (against year index ``ref``) -> (years, h, w), by
+    :func:`cosine_years`. Tiles of pixels are made contiguous, then one
     band-contraction per pair of years (the practical numpy limit).
     """
     # Speed: tiles of whole rows (about _TILE pixels) are copied into one
     # reused contiguous float32 buffer (einsum is slow on strided 4-D views;
     # the copy reads the chunk from memory once), and one einsum per year
     # against itself and all later years gives the tile's Gram matrix: 36
-    # band contractions for 8 years, the minimum; "previous" needs 15.
+    # band contractions for 8 years, the minimum.
     # einsum, copyto and the ufuncs release the GIL, so dask's threads work
     # on different chunks at once.
     # Accuracy: the sums over bands are float32 in groups of 8 bands, and the
@@ -148,9 +117,10 @@ def cosine_block(block: np.ndarray, mode: str, ref: int = 0) -> np.ndarray:
     # vector changes nothing beyond rounding.
     # The order of operations per pixel does not depend on the tiling: dask
     # and numpy give the same bits.
+    if mode != "pairwise":
+        return cosine_years(block, mode, ref)
     n_years, n_bands, h, w = block.shape
-    pairwise = mode == "pairwise"
-    out = np.empty((n_years, n_years, h, w) if pairwise else (n_years, h, w), np.float32)
+    out = np.empty((n_years, n_years, h, w), np.float32)
     if out.size == 0:
         return out
     groups = n_bands // 8 if n_bands % 8 == 0 else 1
@@ -159,7 +129,7 @@ def cosine_block(block: np.ndarray, mode: str, ref: int = 0) -> np.ndarray:
     n_pix = rows * cols
     tile_buf = np.empty(n_years * n_bands * n_pix, np.float32)
     part_buf = np.empty(n_years * groups * n_pix, np.float32)
-    gram_buf = np.empty((n_years * n_years if pairwise else 2 * n_years) * n_pix, np.float32)
+    gram_buf = np.empty(n_years * n_years * n_pix, np.float32)
     contract: _Contract = functools.partial(_contract, part_buf=part_buf, groups=groups)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         for r0 in range(0, h, rows):
@@ -176,57 +146,202 @@ def cosine_block(block: np.ndarray, mode: str, ref: int = 0) -> np.ndarray:
                     casting="unsafe",
                 )
                 tile = tile.reshape(n_years, groups, n_bands // groups, t)
-                if pairwise:
-                    _pairwise_tile(tile, contract, gram_buf, out, win)
-                else:
-                    _yearly_tile(tile, contract, gram_buf, out, win, mode, ref)
+                _pairwise_tile(tile, contract, gram_buf, out, win)
+    return out
+
+
+def _year_tile(
+    year: np.ndarray, win: tuple[slice, slice], buf: np.ndarray, groups: int
+) -> np.ndarray:
+    """A ``(bands, h, w)`` window as ``(1, groups, bands/group, pixels)``: a view, else a copy."""
+    n_bands, _, w = year.shape
+    r, c = (s.stop - s.start for s in win)
+    piece = year[(slice(None), *win)]
+    if piece.dtype == np.float32 and c == w and piece.strides[2] == 4 and piece.strides[1] == 4 * w:
+        tile = piece  # whole contiguous rows (a reader's chunk): the reshape is a view
+    else:
+        tile = buf[: n_bands * r * c].reshape(n_bands, r, c)
+        np.copyto(tile, piece, casting="unsafe")
+    return tile.reshape(1, groups, n_bands // groups, r * c)
+
+
+def _cosines(partner: list[int | None], squared: np.ndarray, dots: np.ndarray) -> np.ndarray:
+    """Cosines of each year with its partner from squared lengths and dot products (float64)."""
+    inv = 1.0 / np.sqrt(squared.astype(np.float64))  # zero -> inf -> NaN
+    cos = np.empty(dots.shape)
+    for i, p in enumerate(partner):
+        if p is None:
+            cos[i] = np.nan
+        elif p == i:  # 1 where the vector has a length; NaN or zero vectors -> NaN
+            cos[i] = np.where(squared[i] > 0, 1.0, np.nan)
+        else:
+            np.multiply(dots[i], inv[i], out=cos[i])
+            cos[i] *= inv[p]
+    return np.clip(cos, -1.0, 1.0, out=cos)
+
+
+def cosine_years(
+    block: np.ndarray,
+    mode: str,
+    ref: int = 0,
+    other: np.ndarray | None = None,
+    other_squared: np.ndarray | None = None,
+    squared_out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-pixel cosines of each year of a chunk with its reference or previous year.
+
+    ``block``: some years, all bands ``(years, bands, h, w)``. ``other``
+    ``(bands, h, w)``: the year outside it that the chunk needs, the
+    reference (``mode="reference"``, else ``ref`` indexes ``block``) or the
+    year before ``block[0]`` (``"previous"``; without it that year is NaN).
+    ``other_squared``: its squared lengths ``(h, w)``, as ``squared_out``
+    ``(years, h, w)`` received them for its own chunk (else computed here).
+    Returns ``(years, h, w)`` float32: the bits of the years merged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> cube = rng.standard_normal((3, 64, 4, 5)).astype(np.float32)
+    >>> merged = cosine_block(cube, "reference", 0)
+    >>> by_year = [cosine_years(cube[i : i + 1], "reference", other=cube[0]) for i in range(3)]
+    >>> bool(np.array_equal(np.concatenate(by_year), merged))
+    True
+    """
+    # cosine_block's arithmetic (grouped float32 sums over bands, the cosine in
+    # float64): merged and year-chunked cubes give the same bits. Tiles of whole
+    # contiguous rows are views, so a year chunk is read once by its own task
+    # and once by its partner's (which takes its length from the first).
+    n_years, n_bands, h, w = block.shape
+    out = np.empty((n_years, h, w), np.float32)
+    if out.size == 0:
+        return out
+    years = [*block, *([] if other is None else [other])]
+    extra = n_years if other is not None else None
+    partner = [ref if extra is None else extra] * n_years
+    if mode == "previous":
+        partner = [extra, *range(n_years - 1)]
+    groups = n_bands // 8 if n_bands % 8 == 0 else 1
+    cols = min(w, _TILE)
+    rows = max(1, min(h, _TILE // cols))
+    bufs = [np.empty(n_bands * rows * cols, np.float32) for _ in years]
+    part_buf = np.empty(groups * rows * cols, np.float32)
+    squared = np.empty((len(years), rows * cols), np.float32)
+    dots = np.empty((n_years, rows * cols), np.float32)
+    contract: _Contract = functools.partial(_contract, part_buf=part_buf, groups=groups)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for r0 in range(0, h, rows):
+            for c0 in range(0, w, cols):
+                win = (slice(r0, min(r0 + rows, h)), slice(c0, min(c0 + cols, w)))
+                r, c = win[0].stop - r0, win[1].stop - c0
+                tiles: dict[int, np.ndarray] = {}
+                # Each year's dot with its partner right after its length: both in cache.
+                for j in [*(p for p in partner[:1] if p is not None), *range(n_years)]:
+                    if j in tiles:
+                        continue
+                    tiles[j] = _year_tile(years[j], win, bufs[j], groups)
+                    if j == extra and other_squared is not None:
+                        squared[j, : r * c] = other_squared[win].reshape(-1)
+                    else:
+                        contract("ygkt,ygkt->ygt", tiles[j], tiles[j], squared[j : j + 1, : r * c])
+                    p = partner[j] if j < n_years else None
+                    if p is not None and p != j:
+                        contract("ygkt,ygkt->ygt", tiles[j], tiles[p], dots[j : j + 1, : r * c])
+                if squared_out is not None:
+                    squared_out[(slice(None), *win)] = squared[:n_years, : r * c].reshape(-1, r, c)
+                cos = _cosines(partner, squared[:, : r * c], dots[:, : r * c])
+                out[(slice(None), *win)] = cos.reshape(n_years, r, c)
     return out
 
 
 # --- graph --------------------------------------------------------------------
 
 
+def _merge_chunks(data: da.Array, axes: tuple[int, ...]) -> da.Array:
+    """``data`` with one chunk along ``axes``, space split if a chunk would outgrow the limit."""
+    if all(len(data.chunks[axis]) == 1 for axis in axes):
+        return data
+    # Merging years and bands multiplies the chunk size (8 years of
+    # (1, 64, 512, 512) chunks would give 512 MiB chunks): if the merged chunk
+    # outgrows dask's array.chunk-size, split space in the same, single
+    # rechunk so that memory stays bounded by that size.
+    merged = np.prod([data.shape[a] if a in axes else max(data.chunks[a]) for a in range(4)]) * 4
+    limit = dask.utils.parse_bytes(dask.config.get("array.chunk-size"))
+    target: dict[int, Any] = dict.fromkeys(axes, -1)
+    if merged > limit:
+        target.update({2: "auto", 3: "auto"})
+    return data.rechunk(target, block_size_limit=limit)
+
+
+def _over_year_chunks(blocks: list[list[np.ndarray]], mode: str, ref: int) -> np.ndarray:
+    """:func:`cosine_years` of every year chunk of one spatial tile, each chunk read once.
+
+    ``blocks`` holds the tile's year chunks as dask hands them over (a list per
+    chunk of its one band block): never concatenated, so no year is copied.
+    The reference (or the year before a chunk) and its squared lengths are computed once.
+    """
+    chunks = [b[0] for b in blocks]
+    starts = np.cumsum([0, *(c.shape[0] for c in chunks)])
+    squared = [np.empty((c.shape[0], *c.shape[2:]), np.float32) for c in chunks]
+    out: list[np.ndarray | None] = [None] * len(chunks)
+    other = other_sq = None
+    order: Any = range(len(chunks))
+    if mode == "reference":
+        home = int(np.searchsorted(starts, ref, side="right")) - 1
+        at = ref - int(starts[home])
+        out[home] = cosine_years(chunks[home], mode, at, squared_out=squared[home])
+        other, other_sq = chunks[home][at], squared[home][at]
+        order = [k for k in order if k != home]
+    for k in order:
+        out[k] = cosine_years(chunks[k], mode, 0, other, other_sq, squared[k])
+        if mode == "previous":
+            other, other_sq = chunks[k][-1], squared[k][-1]
+    return np.concatenate(out)  # type: ignore[arg-type]
+
+
+def _by_year_chunk(data: da.Array, mode: str, ref: int) -> da.Array:
+    """Cosines with no years merged: one task per spatial tile takes that tile's year chunks.
+
+    Every chunk is read once (as the numpy kernel reads every year once), and
+    the output has all years of the tile in one chunk (1/64 of the input).
+    """
+    return da.blockwise(
+        _over_year_chunks,
+        "Tyx",
+        data,
+        "tbyx",
+        new_axes={"T": data.shape[0]},
+        concatenate=False,
+        mode=mode,
+        ref=ref,
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), np.float32),
+    )
+
+
 def _apply_cosine(emb: xr.DataArray, mode: str, ref: int = 0) -> Any:
-    """:func:`cosine_block` over every chunk, merged first to hold all years and bands."""
+    """Per-pixel cosines of a cube: :func:`cosine_block` or :func:`cosine_years` per chunk.
+
+    Pairwise cosines need every year of a pixel in one chunk (years merged
+    once, lazily); a reference or previous year needs only the chunk's own
+    years and one more, so chunks of years stay as they are.
+    """
     data = emb.data
-    if isinstance(data, da.Array):
-        if len(data.chunks[0]) > 1 or len(data.chunks[1]) > 1:
-            # Merging years and bands multiplies the chunk size (8 years of
-            # (1, 64, 512, 512) chunks would give 512 MiB chunks): if the merged
-            # chunk outgrows dask's array.chunk-size, split space in the same,
-            # single rechunk so that memory stays bounded by that size.
-            merged = data.shape[0] * data.shape[1] * max(data.chunks[2]) * max(data.chunks[3]) * 4
-            limit = dask.utils.parse_bytes(dask.config.get("array.chunk-size"))
-            target: dict[int, Any] = {0: -1, 1: -1}
-            if merged > limit:
-                target.update({2: "auto", 3: "auto"})
-            data = data.rechunk(target, block_size_limit=limit)
-        n_years = data.shape[0]
-        if mode == "pairwise":
-            return data.map_blocks(
-                cosine_block,
-                mode,
-                ref,
-                chunks=((n_years,), (n_years,), data.chunks[2], data.chunks[3]),
-                dtype=np.float32,
-                meta=np.empty((0, 0, 0, 0), np.float32),
-            )
-
-        # Not drop_axis=1: with it dask hands the function a concatenated *copy*
-        # of each block (a whole chunk copied, and doubled in memory); a length-1
-        # band axis, dropped by indexing afterwards, passes the block as it is.
-        def keep_axis(block: np.ndarray, mode: str, ref: int) -> np.ndarray:
-            return cosine_block(block, mode, ref)[:, None]
-
-        return data.map_blocks(
-            keep_axis,
-            mode,
-            ref,
-            chunks=(data.chunks[0], (1,), data.chunks[2], data.chunks[3]),
-            dtype=np.float32,
-            meta=np.empty((0, 0, 0, 0), np.float32),
-        )[:, 0]
-    return cosine_block(np.asarray(data), mode, ref)
+    if not isinstance(data, da.Array):
+        return cosine_block(np.asarray(data), mode, ref)
+    if mode != "pairwise":
+        return _by_year_chunk(_merge_chunks(data, (1,)), mode, ref)
+    data = _merge_chunks(data, (0, 1))
+    n_years = data.shape[0]
+    return da.map_blocks(
+        cosine_block,
+        data,
+        mode,
+        ref,
+        chunks=((n_years,), (n_years,), data.chunks[2], data.chunks[3]),
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0, 0), np.float32),
+    )
 
 
 # --- per site and per pixel ---------------------------------------------------
@@ -266,6 +381,8 @@ def similarity_matrix(obj: xr.Dataset | xr.DataArray, *, normalize: bool = True)
         means = obj.transpose("year", "band")
     else:
         means = polygon_mean(obj)
+    # Coverage coords of year would be compared with those of year_2 (and computed).
+    means = means.drop_vars(["valid_fraction", "valid_ha"], errors="ignore")
     means = means.astype(np.float64)
     if normalize:
         means = unit(means)
@@ -449,8 +566,10 @@ def change_summary(
 
     Columns: ``year``, ``baseline``, ``changed_ha`` (coverage-weighted area
     of pixels whose ``1 - cosine`` exceeds ``threshold``), ``changed_fraction``
-    (of the polygon's area with data), ``valid_ha``, ``mean_similarity`` and
-    ``similarity_p{N}`` (coverage-weighted, :func:`weighted_quantile`).
+    (of the polygon's area with data), ``valid_ha`` and ``valid_fraction``
+    (the area, and share of the polygon's area, with data in both that year
+    and the baseline), ``mean_similarity`` and ``similarity_p{N}``
+    (coverage-weighted, :func:`weighted_quantile`).
 
     Examples
     --------
@@ -482,6 +601,7 @@ def change_summary(
             "changed_ha": changed * pixel_ha,
             "changed_fraction": changed / total if total > 0 else np.nan,
             "valid_ha": total * pixel_ha,
+            "valid_fraction": total / w.sum() if w.sum() > 0 else np.nan,
             "mean_similarity": float((np.where(valid, s, 0) * wv).sum() / total)
             if total > 0
             else np.nan,
@@ -490,92 +610,3 @@ def change_summary(
             row[f"similarity_p{p:g}"] = float(weighted_quantile(s.ravel(), wv.ravel(), p / 100))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-# --- similarity search --------------------------------------------------------
-
-
-def _query_vector(obj: xr.Dataset | xr.DataArray, emb: xr.DataArray, query: Any, year: int | None):
-    """The query as a (band,) DataArray (lazy when it comes from the cube)."""
-    import shapely
-
-    if isinstance(query, xr.DataArray) and query.dims == ("band",):
-        return query
-    if isinstance(query, shapely.Geometry) or (isinstance(query, Mapping) and "type" in query):
-        from xembed.grid import coverage_fraction, project
-        from xembed.sites import as_site
-
-        geometry = project(as_site(query).geometry, "EPSG:4326", obj.rio.crs)
-        cov = coverage_fraction(geometry, grid_of(obj))
-        if not cov.any():
-            raise ValueError("the query polygon does not overlap the cube; draw it inside the cube")
-        weights = xr.DataArray(cov, dims=("y", "x"))
-        sel = emb.isel(year=0) if year is None else emb.sel(year=year)
-        return sel.weighted(weights).mean(("y", "x")).drop_vars("year")
-    if isinstance(query, tuple) and len(query) == 2:
-        x, y = query
-        sel = emb.isel(year=0) if year is None else emb.sel(year=year)
-        xs, ys = emb["x"].values, emb["y"].values
-        half = abs(float(xs[1] - xs[0])) / 2 if xs.size > 1 else PIXEL_SIZE / 2
-        if not (
-            xs.min() - half <= x <= xs.max() + half and ys.min() - half <= y <= ys.max() + half
-        ):
-            raise ValueError(
-                f"query location {query!r} is outside the cube (x {xs.min() - half}.."
-                f"{xs.max() + half}, y {ys.min() - half}..{ys.max() + half}, in {obj.rio.crs})"
-            )
-        point = sel.sel(x=x, y=y, method="nearest")
-        return point.drop_vars([c for c in point.coords if c != "band"])
-    vector = np.asarray(query, dtype=np.float64)
-    if vector.shape != (emb.sizes["band"],):
-        raise ValueError(
-            f"query must be a {emb.sizes['band']}-vector, an (x, y) location in the cube's CRS, "
-            f"or a polygon in EPSG:4326; got an array of shape {vector.shape}"
-        )
-    return xr.DataArray(vector, dims="band", coords={"band": emb["band"]})
-
-
-def search(obj: xr.Dataset | xr.DataArray, query: Any, *, year: int | None = None) -> xr.DataArray:
-    """Cosine similarity of every pixel with a query embedding.
-
-    Earth Engine's similarity-search tutorial: pick examples of what you
-    look for, average their embeddings, map the cosine everywhere.
-
-    Parameters
-    ----------
-    obj : xarray.Dataset or xarray.DataArray
-        A cube (use ``clip=False`` to search beyond the polygon).
-    query : array-like, (x, y) tuple or polygon
-        A 64-vector; a location ``(x, y)`` in the cube's CRS (its pixel's
-        vector); or a polygon in EPSG:4326 (its coverage-weighted mean).
-    year : int, optional
-        The year a location or polygon query is taken from (default: the
-        cube's first year).
-
-    Returns
-    -------
-    xarray.DataArray
-        ``(year, y, x)`` float32 cosine in [-1, 1], lazy if the cube is.
-
-    Examples
-    --------
-    >>> from xembed.testing import make_cube, planted_vector
-    >>> cube = make_cube(years=(2020, 2021), shape=(8, 8))
-    >>> hits = search(cube, planted_vector())
-    >>> float(hits.where(cube.coverage > 0).min())
-    1.0
-    """
-    emb = embeddings_of(obj)
-    if year is not None:
-        year_position(emb, year, "year")
-    # float64 throughout, so a pixel equal to the query scores exactly 1 in float32.
-    q = _query_vector(obj, emb, query, year).astype(np.float64)
-    pixels = emb.astype(np.float64)
-    norm = (pixels**2).sum("band", skipna=False) ** 0.5
-    q_norm = (q**2).sum("band") ** 0.5
-    dot = (pixels * q).sum("band", skipna=False)
-    out = (dot / (norm.where(norm > 0) * q_norm.where(q_norm > 0))).clip(-1.0, 1.0)
-    out = out.astype(np.float32)
-    out.name = "search"
-    out.attrs = {"long_name": "cosine similarity with the query", "units": "1"}
-    return out
