@@ -23,12 +23,19 @@ decisions where there was a choice:
   one pixel is fine: a cube whose pixels have fractional coverage;
 - duplicate ids, years, band names, source names, mirror folders and indexes:
   ``SiteError``, ``ValueError``, ``ValueError``/``SchemaError``,
-  ``SourceError``, ``SourceError``.
+  ``SourceError``, ``SourceError``;
+- (issue 12) NaN vertices, unknown GeoJSON geometry types, Feature properties
+  that are not objects, CSV tables, ids equal as text (``1`` and ``"1"``) and
+  ids holding a NUL character: ``SiteError`` at ``load_sites`` naming the
+  site, feature or file (NUL is refused rather than warned: GDAL and files cut
+  the id there, so results would come back under another id); years that are
+  not whole numbers, text or bytes: ``ValueError`` (never truncated).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,7 @@ from xembed.errors import DataNotFoundError, SchemaError, SiteError, SourceError
 from xembed.grid import target_grid
 from xembed.schema import last_possible_year, validate_cube
 from xembed.sites import Site, as_site, load_sites
+from xembed.sources.common import normalize_years
 from xembed.testing import make_cube
 
 # Inside zone 22S's image of the mini mirror (conftest.mirror_images), ~200 x 110 m.
@@ -254,6 +262,119 @@ def test_duplicate_site_ids(tmp_path: Path) -> None:
         load_sites(write_features(tmp_path / "dups.geojson", feats))
 
 
+# Issue 12, "hostile input that slips through": the site rows.
+
+NAN_RING = [(-48.0, -22.6), (-47.99, float("nan")), (-47.99, -22.59), (-48.0, -22.6)]
+
+
+def test_nan_vertex(tmp_path: Path, root: Path) -> None:
+    nan_polygon = {"type": "Polygon", "coordinates": [[list(xy) for xy in NAN_RING]]}
+    fc = {
+        "type": "FeatureCollection",
+        "features": [{"type": "Feature", "properties": {"rid": 5}, "geometry": nan_polygon}],
+    }
+    fix = r"coordinates contain NaN \(a vertex without a value.*\); fix or remove that vertex"
+    with pytest.raises(SiteError, match=r"GeoJSON mapping: site 5: " + fix):
+        load_sites(fc)
+    path = tmp_path / "nan.geojson"
+    path.write_text(json.dumps(fc))  # json writes the NaN as NaN, which GDAL reads
+    with pytest.raises(SiteError, match=r"nan\.geojson: site 5: " + fix):
+        load_sites(path)
+    with pytest.raises(SiteError, match=r"nan\.geojson: site 5: " + fix):
+        xembed.extract(path, YEARS, source=root, progress=False)
+    with pytest.warns(RuntimeWarning):  # shapely's own, building the polygon
+        polygon = Polygon(NAN_RING)
+    with pytest.raises(SiteError, match=r"^site 'p': " + fix):
+        Site("p", None, polygon)
+    with pytest.raises(SiteError, match=r"^site 'p': coordinates contain infinite values"):
+        Site("p", None, Polygon([(-48.0, -22.6), (-47.99, float("inf")), (-47.99, -22.59)]))
+
+
+def test_unknown_geojson_geometry_type_and_list_properties(tmp_path: Path) -> None:
+    circle = {"type": "Circle", "coordinates": [-48.0, -22.6], "radius": 30}
+    fc = {
+        "type": "FeatureCollection",
+        "features": [feature(BRAZIL, rid=1), {**feature(None, rid=2), "geometry": circle}],
+    }
+    with pytest.raises(
+        SiteError,
+        match=r"GeoJSON mapping: feature 1: geometry type 'Circle' is not a GeoJSON geometry "
+        r"type; expected a Polygon or MultiPolygon",
+    ):
+        load_sites(fc)
+    with pytest.raises(SiteError, match=r"feature 0 \(id 'c'\): geometry type 'Circle'"):
+        as_site({**feature(None), "id": "c", "geometry": circle})
+    # GDAL reads the unknown type as no geometry (and says so): the site and file are named.
+    with (
+        pytest.warns(RuntimeWarning, match=r"Unsupported geometry type"),
+        pytest.raises(SiteError, match=r"circle\.geojson: site 2 has no geometry"),
+    ):
+        load_sites(write_features(tmp_path / "circle.geojson", fc["features"]))
+    listed = {**feature(BRAZIL), "properties": [["rid", 1]]}
+    with pytest.raises(
+        SiteError,
+        match=r"GeoJSON mapping: feature 0: properties is a list; expected a JSON object "
+        r"\(mapping\) of attributes, or null",
+    ):
+        load_sites({"type": "FeatureCollection", "features": [listed]})
+
+
+def test_csv_site_files(tmp_path: Path) -> None:
+    wkt = tmp_path / "plots.csv"
+    wkt.write_text(f'rid,geometry\n1,"{BRAZIL.wkt}"\n')
+    with pytest.raises(
+        SiteError,
+        match=r"'.*plots\.csv' has no geometries GDAL can read \(a CSV table\?\); xembed "
+        r"needs polygons with a CRS: its column 'geometry' looks like WKT: df = pd\.read_csv",
+    ) as info:
+        load_sites(wkt)
+    # The suggested code builds a frame load_sites reads.
+    code = str(info.value).split("looks like WKT: ")[1].split(" (give the CRS")[0]
+    scope = {"pd": pd, "gpd": gpd, "path": wkt}
+    exec(code.replace("; ", "\n"), scope)
+    assert [s.id for s in load_sites(scope["gdf"])] == [1]
+    plain = tmp_path / "table.csv"
+    plain.write_text("rid,lon,lat\n1,-48.0,-22.6\n")
+    with pytest.raises(
+        SiteError, match=r"'.*table\.csv' has no geometries GDAL can read \(a CSV table\?\).*"
+    ):
+        load_sites(plain)
+
+
+def test_ids_equal_as_text(tmp_path: Path, root: Path) -> None:
+    same = (
+        r"site ids 1 and '1' .*are the same as text \(or repeated\); give every site its own "
+        r"id \(load_sites\(\.\.\., id_field=\.\.\.\) picks the column\)"
+    )
+    feats = [dict(feature(BRAZIL), id=1), dict(feature(AUSTRALIA), id="1")]
+    with pytest.raises(SiteError, match=same):
+        load_sites(write_features(tmp_path / "mixed.geojson", feats))
+    frame = gpd.GeoDataFrame(
+        {"rid": pd.Series([1, "1"], dtype=object)}, geometry=[BRAZIL, AUSTRALIA], crs=4326
+    )
+    with pytest.raises(SiteError, match=same):
+        load_sites(frame)
+    # extract says the same of Sites built one by one.
+    sites = [Site(1, None, INSIDE), Site("1", None, INSIDE)]
+    with pytest.raises(ValueError, match=same):
+        xembed.extract(sites, YEARS, source=root, progress=False)
+
+
+def test_id_holding_a_nul_character(tmp_path: Path) -> None:
+    # Refused, not warned: GDAL and every C string cut the id at the NUL, so the
+    # site would be written back under another id ('plot') and mis-join.
+    nul = r"site id 'plot\\x00A' contains a NUL character \('\\x00'\).*remove it"
+    with pytest.raises(SiteError, match=r"nul\.geojson: row 0: " + nul):
+        load_sites(write_features(tmp_path / "nul.geojson", [feature(BRAZIL, rid="plot\x00A")]))
+    feats = [dict(feature(BRAZIL), id="plot\x00A")]
+    with pytest.raises(SiteError, match=nul):
+        load_sites(write_features(tmp_path / "nulid.geojson", feats))
+    with pytest.raises(SiteError, match=nul):
+        Site("plot\x00A", None, BRAZIL)
+    with pytest.raises(SiteError, match=nul):
+        load_sites(gpd.GeoDataFrame({"rid": ["plot\x00A"]}, geometry=[BRAZIL], crs=4326))
+
+
 # ------------------------------------------------------------------ arguments and sources
 
 
@@ -271,6 +392,29 @@ def test_years_before_2017_or_in_the_future(root: Path) -> None:
         ValueError, match=r"years \[2018\] are not in source 'cog' .*available years: \[2019, 20"
     ):
         xembed.open_embeddings(INSIDE, [2018, 2019], source=root)
+
+
+@pytest.mark.parametrize(
+    ("years", "match"),
+    [
+        ([2020.5], r"years \[2020\.5\] hold 2020\.5, which is not a whole number"),
+        (
+            np.array([2019.5]),
+            r"years array\(\[2019\.5\]\) hold 2019\.5, which is not a whole number",
+        ),
+        ([b"2020"], r"years \[b'2020'\] hold b'2020', which is bytes, not a number"),
+        ("2020", r"years '2020' is a str, not a number"),
+        ([2020, "2021"], r"years \[2020, '2021'\] hold '2021', which is a str, not a number"),
+    ],
+)
+def test_years_that_are_not_integers(root: Path, years: Any, match: str) -> None:
+    fix = r"; years are integers, e.g\. 2020, \[2018, 2020\] or range\(2018, 2025\)"
+    with pytest.raises(ValueError, match=match + fix):
+        normalize_years(years)
+    with pytest.raises(ValueError, match=match):
+        xembed.open_embeddings(INSIDE, years, source=root)
+    # Whole numbers of any numeric type are years.
+    assert normalize_years(np.array([2019.0, 2020.0])) == (2019, 2020)
 
 
 def test_unknown_band_names(root: Path) -> None:
@@ -323,3 +467,81 @@ def test_index_without_required_columns(
     (tmp_path / "aef_index.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(SourceError, match=r"could not read the mirror index '.*aef_index\.parq"):
         xembed.open_embeddings(INSIDE, YEARS, source=tmp_path)
+
+
+# ------------------------------------------------------------------ hostile indexes (issue 12)
+
+
+def hostile_index(folder: Path, mini_mirror: Any, column: str, values: Any) -> Path:
+    """A copy of the mini mirror whose index has ``column`` replaced by ``values``."""
+    root, table = mini_mirror
+    shutil.copytree(root, folder)
+    table.assign(**{column: values}).to_parquet(folder / "aef_index.parquet")
+    return folder
+
+
+def _first(value: Any, column: pd.Series) -> list[Any]:
+    return [value, *column[1:]]
+
+
+@pytest.mark.parametrize(
+    ("column", "hostile", "message"),
+    [
+        pytest.param(
+            "geometry",
+            lambda t: _first(b"not a geometry", t["geometry"]),
+            r"column 'geometry' holds b'not a geometry' in row 0, not a WKB footprint polygon",
+            id="geometry-garbage",
+        ),
+        pytest.param(
+            "utm_west",
+            lambda t: t["utm_west"].astype(str),
+            r"column 'utm_west' holds '\d+\.0' \(text\) in row 0 \(and 15 more rows\), not a "
+            "number",
+            id="utm_west-text",
+        ),
+        pytest.param(
+            "year",
+            lambda t: _first("abc", t["year"].astype(str)),
+            r"column 'year' holds 'abc' \(text\) in row 0 \(and 15 more rows\), not a whole "
+            r"number \(years are integers such as 2024\)",
+            id="year-abc",
+        ),
+        pytest.param(  # refused, not truncated to 2020
+            "year",
+            lambda t: t["year"].astype(float).where(t["year"] != 2020, 2020.7),
+            r"column 'year' holds 2020\.7 in row \d+ \(and 7 more rows\), not a whole number "
+            r"\(years are integers such as 2024\)",
+            id="year-2020.7",
+        ),
+    ],
+)
+def test_index_with_hostile_columns(
+    tmp_path: Path, mini_mirror: tuple[Path, pd.DataFrame], column, hostile, message
+) -> None:
+    mirror = hostile_index(tmp_path / "m", mini_mirror, column, hostile(mini_mirror[1]))
+    with pytest.raises(
+        SourceError,
+        match=rf"mirror index '.*aef_index\.parquet': {message}; use the mirror's aef_index",
+    ):
+        xembed.open_embeddings(INSIDE, YEARS, source=mirror)
+
+
+@pytest.mark.parametrize("absolute", [False, True], ids=["dot-dot", "absolute"])
+def test_index_paths_leaving_the_mirror_folder_are_refused(
+    tmp_path: Path, mini_mirror: tuple[Path, pd.DataFrame], absolute: bool
+) -> None:
+    root, table = mini_mirror
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for path in table["path"]:  # the files exist there: today they are read
+        shutil.copy(root / path, outside / Path(path).name)
+    prefix = f"{outside}/" if absolute else "../outside/"
+    escaping = [prefix + Path(p).name for p in table["path"]]
+    mirror = hostile_index(tmp_path / "mirror", mini_mirror, "path", escaping)
+    with pytest.raises(
+        SourceError,
+        match=r"the index of mirror '.*mirror' lists the file '.*outside/img22.*\.tiff' "
+        r"\(year 20\d\d\), which lies outside the mirror folder",
+    ):
+        xembed.open_embeddings(INSIDE, YEARS, source=mirror)

@@ -63,8 +63,9 @@ def test_seed_notebook_runs(tmp_path, capsys, sample_root):
     print(f"Shape: {df.shape}")
     print("Columns: site_id, year, A00-A63")
     df.head()
-    assert df.shape == (4, 66)
-    assert list(df.columns) == ["site_id", "year", *EMBEDDING_BANDS]
+    # the notebook's columns, and how much of the site each row stands on (issue 12)
+    assert df.shape == (4, 68)
+    assert list(df.columns) == ["site_id", "year", "valid_fraction", "valid_ha", *EMBEDDING_BANDS]
     assert df["site_id"].tolist() == [3107] * 4 and df["year"].tolist() == [2020, 2021, 2022, 2023]
 
     embedding_2023 = df[df["year"] == 2023][EMBEDDING_BANDS].values[0]
@@ -223,7 +224,7 @@ def test_extract_continuous_dates_and_reducers(site):
     plain = xembed.Site(site.id, site.start_year, site.geometry.shapely)
     assert compat.extract_continuous(plain, ALPHA_EMBEDDINGS, "2020-01-01", "2020-12-31").shape == (
         1,
-        66,
+        68,
     )
 
 

@@ -320,6 +320,38 @@ def test_failure_when_opening_names_site_and_years(sample_root, sites):
             open_embeddings_ee(site, 2020)
 
 
+SESSION_ENDED = (
+    r"the Earth Engine session the cube of site 3109, year 2019 was opened with has ended "
+    r"\((?P<why>.*)\): compute the cube inside the block or session it was opened in \(e\.g\. "
+    r"ds\.load\(\) inside the `with fake_earthengine\(\):` block\), or open it again"
+)
+
+
+def test_computing_after_the_fake_block_ends_names_the_ended_session(sample_root, sites, fake):
+    """Issue 12, item 6: not "Too many requests (HTTP 429) ... retry later"."""
+    with fake_earthengine(sample_root) as inner:
+        data = open_embeddings_ee(_small_site(sites), [2019], clip=False)["embeddings"]
+        inner_url = inner.url
+    # ee is back on the module's fake: a different server than the cube's.
+    assert ee.data._get_state().cloud_api_base_url == fake.url
+    fake.reset_counters()
+    with pytest.raises(EarthEngineError, match=SESSION_ENDED) as info:
+        data.isel(band=0).load()
+    assert f"ee now talks to {fake.url}, not {inner_url}" in str(info.value)
+    assert "429" not in str(info.value)
+    assert fake.compute_pixels_count == 0  # refused before any request
+
+
+def test_computing_after_ee_was_reset_names_the_ended_session(sample_root, sites):
+    with fake_earthengine(sample_root):
+        data = open_embeddings_ee(_small_site(sites), [2019], clip=False)["embeddings"]
+        ee.Reset()
+        with pytest.raises(EarthEngineError, match=SESSION_ENDED) as info:
+            data.isel(band=0).load()
+    assert "ee was reset (ee.Reset()) or is not initialised in this process" in str(info.value)
+    assert "429" not in str(info.value)
+
+
 def test_fault_rule_forms():
     request = FakeRequest(4, "computePixels", 2, "POST", "/v1/projects/p/image:computePixels")
     assert first_requests_fail(2)(request) == 429

@@ -181,7 +181,7 @@ def test_quantized_round_trip_within_one_step(tmp_path: Path, fmt: str) -> None:
 
     # A plain reader gets int8 codes masked to NaN, and the recipe in the attrs.
     with plain_open(small, fmt) as plain:
-        q = plain["embeddings"]
+        q = plain["embeddings_int8"]
         assert q.encoding["dtype"] == np.int8
         assert q.attrs["xembed_quantized"] == 1
         assert "sign(q) * (q / 127.5) ** 2" in q.attrs["xembed_dequantize"]
@@ -195,11 +195,47 @@ def test_quantized_zarr_stores_int8_with_nodata_fill(tmp_path: Path) -> None:
 
     cube = make_cube(shape=(8, 8), clip=True)
     path = export.to_zarr(cube, tmp_path / "q.zarr", quantize=True)
-    array = zarr.open_array(path / "embeddings", mode="r")
+    array = zarr.open_array(path / "embeddings_int8", mode="r")
     assert array.dtype == np.int8
     assert array.fill_value == -128  # a chunk never written reads as no data
     raw = array[:]
     assert (raw[np.isnan(cube["embeddings"].values)] == -128).all()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_plain_readers_cannot_mistake_int8_codes_for_embeddings(tmp_path: Path, fmt: str) -> None:
+    """Issue 12 item 5: without xembed, a quantised export read as float32 'embeddings'."""
+    cube = make_cube(years=(2020, 2021), shape=(16, 16), clip=True)
+    path = write(cube, target(tmp_path, fmt), fmt, quantize=True)
+    with plain_open(path, fmt) as plain:
+        assert "embeddings" not in plain  # nothing to mistake for embedding values
+        codes = plain["embeddings_int8"]
+        assert codes.dims == ("year", "band", "y", "x")
+        assert "sign(q) * (q / 127.5) ** 2" in codes.attrs["xembed_dequantize"]
+        assert "int8 codes" in codes.attrs["long_name"]
+        assert float(codes.max()) > 1.5  # codes, not values: what the name says
+        assert plain.rio.crs.to_epsg() == 32722
+    back = export.open_cube(path)
+    assert sorted(back.data_vars) == ["coverage", "embeddings"]
+    assert back.attrs == cube.attrs and back.embeddings.attrs == cube.embeddings.attrs
+    np.testing.assert_array_equal(
+        back.embeddings.values, dequantize(quantize(cube.embeddings.values))
+    )
+
+
+def test_open_cube_reads_int8_exports_written_before_the_rename(tmp_path: Path) -> None:
+    """Stores written before issue 12 named the int8 codes 'embeddings' (marked in attrs)."""
+    cube = make_cube(shape=(8, 8), clip=True)
+    codes = xr.apply_ufunc(quantize, cube.embeddings, keep_attrs=True)
+    codes.attrs.update({"xembed_quantized": 1, "xembed_dequantize": "v = sign(q) * ..."})
+    old = cube.assign(embeddings=codes)
+    old["embeddings"].encoding["_FillValue"] = -128
+    old.to_netcdf(tmp_path / "old.nc", engine="h5netcdf")
+    back = export.open_cube(tmp_path / "old.nc")
+    assert "xembed_quantized" not in back.embeddings.attrs
+    np.testing.assert_array_equal(
+        back.embeddings.values, dequantize(quantize(cube.embeddings.values))
+    )
 
 
 def test_quantized_codes_are_not_exported_as_embeddings(tmp_path: Path) -> None:
@@ -244,7 +280,7 @@ def test_interrupt_after_metadata_cleans_up(
         seen.extend(p for p in tmp_path.iterdir() if ".tmp-" in p.name)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_store, "_compute", interrupted)
+    monkeypatch.setattr(_store, "run_compute", interrupted)
     path = target(tmp_path, fmt)
     with pytest.raises(KeyboardInterrupt):
         write(make_cube(shape=(8, 8)), path, fmt)
@@ -430,3 +466,197 @@ def test_is_cube_store(tmp_path: Path) -> None:
     (tmp_path / "sites.geojson").write_text("{}")
     assert not export.is_cube_store(tmp_path / "sites.geojson")
     assert not export.is_cube_store(tmp_path)
+
+
+# --- GDAL -------------------------------------------------------------------------
+
+
+def _without_cf_grid_mapping(store: Path) -> None:
+    """What GDAL before 3.9 sees: it ignores CF grid mappings and reads only ``_CRS``."""
+    import json
+
+    for attrs in store.glob("*/.zattrs"):
+        meta = json.loads(attrs.read_text())
+        meta.pop("grid_mapping", None)
+        attrs.write_text(json.dumps(meta))
+    (store / ".zmetadata").unlink()
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_zarr_format_2_opens_in_gdal(tmp_path: Path, quantized: bool) -> None:
+    """Issue 12 item 12: GDAL 3.6 (QGIS) reads Zarr v2 only, and CRSs only from ``_CRS``."""
+    rasterio = pytest.importorskip("rasterio")
+    cube = make_cube(years=(2020, 2021), shape=(24, 20), chunks={"y": 16}, clip=True)
+    path = export.to_zarr(cube, tmp_path / "v2.zarr", zarr_format=2, quantize=quantized)
+    assert (path / ".zgroup").exists() and not (path / "zarr.json").exists()
+    name = "embeddings_int8" if quantized else "embeddings"
+    expected = cube.embeddings.values.reshape(2 * 64, 24, 20)  # GDAL: one band per (year, band)
+    if quantized:
+        expected = quantize(expected)
+    _without_cf_grid_mapping(path)
+    with rasterio.open(f'ZARR:"{path}":/{name}') as src:
+        assert (src.count, src.height, src.width) == (2 * 64, 24, 20)
+        assert src.crs.to_epsg() == 32722
+        x0, y0 = float(cube.x[0]) - 5, float(cube.y[0]) + 5
+        assert tuple(src.transform)[:6] == (10.0, 0.0, x0, 0.0, -10.0, y0)  # north up
+        np.testing.assert_array_equal(src.read(), expected)
+        assert src.nodata == -128 if quantized else np.isnan(src.nodata)
+    with rasterio.open(f'ZARR:"{path}":/coverage') as src:
+        np.testing.assert_array_equal(src.read(1), cube.coverage.values)
+    # xembed reads it back as the same cube (the _CRS attribute does not leak).
+    back = export.open_cube(path)
+    if not quantized:
+        xr.testing.assert_identical(back, cube)
+    assert "_CRS" not in back.embeddings.attrs and "_CRS" not in back.coverage.attrs
+    with pytest.raises(ValueError, match="zarr_format"):
+        export.to_zarr(cube, tmp_path / "v4.zarr", zarr_format=4)  # type: ignore[arg-type]
+
+
+def test_many_sites_in_zarr_format_2(tmp_path: Path) -> None:
+    cubes = {"a": make_cube(shape=(8, 8)), "b": make_cube(shape=(6, 4), crs="EPSG:32723")}
+    path = export.write_sites_zarr(cubes, tmp_path / "sites.zarr", zarr_format=2)
+    assert (path / "site_b" / ".zgroup").exists()
+    back = export.open_sites(path)
+    xr.testing.assert_identical(back["site_b"].to_dataset(), cubes["b"])
+
+
+# --- GeoTIFF ----------------------------------------------------------------------
+
+
+def gdal_info(path: Path) -> dict:
+    """What ``gdalinfo`` reports, read through rasterio's GDAL (and gdalinfo, if installed)."""
+    import shutil
+    import subprocess
+
+    import rasterio
+
+    with rasterio.open(path) as src:
+        info = {
+            "count": src.count,
+            "dtype": src.dtypes[0],
+            "descriptions": list(src.descriptions),
+            "nodata": src.nodata,
+            "epsg": src.crs.to_epsg(),
+            "transform": tuple(src.transform)[:6],
+            "layout": src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT"),
+            "colorinterp": [c.name for c in src.colorinterp],
+            "tags": src.tags(),
+            "values": src.read(),
+            "overviews": src.overviews(1),
+        }
+    if shutil.which("gdalinfo"):  # the command line, where GDAL's tools are installed
+        import json
+
+        out = json.loads(
+            subprocess.run(
+                ["gdalinfo", "-json", str(path)], capture_output=True, check=True, text=True
+            ).stdout
+        )
+        assert [b.get("description") for b in out["bands"]] == info["descriptions"]
+    return info
+
+
+def north_up_transform(da: xr.DataArray) -> tuple[float, ...]:
+    return (10.0, 0.0, float(da.x.min()) - 5, 0.0, -10.0, float(da.y.max()) + 5)
+
+
+def test_cube_to_geotiff_one_year(tmp_path: Path) -> None:
+    """Issue 12 item 11: one float32 COG per year, bands A00..A63, NaN nodata, CRS, north up."""
+    pytest.importorskip("rasterio")
+    cube = make_cube(years=(2020, 2021), shape=(300, 260), chunks={"y": 128}, clip=True)
+    cube.attrs["site_id"] = "3107"
+    path = export.to_geotiff(cube, tmp_path / "site_2021.tif", year=2021)
+    assert path == tmp_path / "site_2021.tif"
+    info = gdal_info(path)
+    assert info["count"] == 64 and info["dtype"] == "float32"
+    assert info["descriptions"] == [f"A{i:02d}" for i in range(64)]
+    assert np.isnan(info["nodata"])
+    assert info["epsg"] == 32722 and info["layout"] == "COG"
+    assert info["transform"] == north_up_transform(cube)
+    assert info["overviews"]  # a COG a GIS can zoom out of
+    assert info["tags"]["year"] == "2021" and info["tags"]["site_id"] == "3107"
+    np.testing.assert_array_equal(info["values"], cube.embeddings.sel(year=2021).values)
+    # The accessor writes the same file; a cube stored south-up is flipped north-up.
+    south_up = cube.isel(y=slice(None, None, -1))
+    again = south_up.embed.to_geotiff(tmp_path / "again.tif", year=2021)
+    np.testing.assert_array_equal(gdal_info(again)["values"], info["values"])
+    assert gdal_info(again)["transform"] == info["transform"]
+    assert leftovers(tmp_path) == []
+
+
+def test_cube_to_geotiff_folder_of_years(tmp_path: Path) -> None:
+    pytest.importorskip("rasterio")
+    cube = make_cube(years=(2019, 2020, 2021), shape=(40, 36), chunks={"y": 16}, clip=True)
+    with raise_if_dask_computes(max_computes=1):  # every chunk read once for all years
+        folder = export.to_geotiff(cube, tmp_path / "cogs")
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["embeddings_2019.tif", "embeddings_2020.tif", "embeddings_2021.tif"]
+    for year in (2019, 2020, 2021):
+        info = gdal_info(folder / f"embeddings_{year}.tif")
+        assert info["descriptions"][63] == "A63" and info["transform"] == north_up_transform(cube)
+        np.testing.assert_array_equal(info["values"], cube.embeddings.sel(year=year).values)
+    with pytest.raises(FileExistsError, match="mode='w'"):
+        export.to_geotiff(cube, folder)
+    export.to_geotiff(cube.sel(year=[2020]), folder, mode="w")  # replaces the folder
+    assert sorted(p.name for p in folder.iterdir()) == ["embeddings_2020.tif"]
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a folder of GeoTIFFs"):
+        export.to_geotiff(cube, tmp_path / "notes", mode="w")
+    assert leftovers(tmp_path) == []
+
+
+def test_analysis_results_to_geotiff(tmp_path: Path) -> None:
+    pytest.importorskip("rasterio")
+    cube = make_cube(years=(2020, 2021), shape=(24, 20), clip=True)
+    change = cube.embed.change()
+    info = gdal_info(export.to_geotiff(change, tmp_path / "change.tif", year=2021))
+    assert info["count"] == 1 and info["descriptions"] == ["change"] and np.isnan(info["nodata"])
+    np.testing.assert_array_equal(info["values"][0], change.sel(year=2021).values)
+    # A 2-D result: no year to choose.
+    sim = cube.embed.similarity().sel(year=2021)
+    info = gdal_info(sim.embed.to_geotiff(tmp_path / "sim.tif"))
+    assert info["descriptions"] == ["similarity"] and info["epsg"] == 32722
+    np.testing.assert_array_equal(info["values"][0], sim.values)
+    # Classes: int16 with -1 (masked) as nodata.
+    classes = cube.embed.kmeans(3)
+    info = gdal_info(export.to_geotiff(classes, tmp_path / "classes.tif", year=2020))
+    assert info["dtype"] == "int16" and info["nodata"] == -1
+    np.testing.assert_array_equal(info["values"][0], classes.sel(year=2020).values)
+    # RGBA: four uint8 bands, the fourth is alpha (no data transparent).
+    rgba = cube.embed.rgb()
+    info = gdal_info(export.to_geotiff(rgba, tmp_path / "rgb.tif", year=2021))
+    assert info["dtype"] == "uint8" and info["count"] == 4
+    assert info["colorinterp"] == ["red", "green", "blue", "alpha"]
+    np.testing.assert_array_equal(
+        info["values"], rgba.sel(year=2021).transpose("channel", "y", "x").values
+    )
+    # Thresholded change: 0/1 bytes.
+    flags = cube.embed.change(threshold=0.2)
+    info = gdal_info(export.to_geotiff(flags, tmp_path / "flags.tif", year=2021))
+    assert info["dtype"] == "uint8"
+    np.testing.assert_array_equal(info["values"][0], flags.sel(year=2021).values.astype(np.uint8))
+
+
+def test_geotiff_errors(tmp_path: Path) -> None:
+    pytest.importorskip("rasterio")
+    cube = make_cube(years=(2020, 2021), shape=(8, 8))
+    with pytest.raises(ValueError, match=r"2019.*\[2020, 2021\]"):
+        export.to_geotiff(cube, tmp_path / "a.tif", year=2019)
+    sim = cube.embed.similarity().sel(year=2021)
+    with pytest.raises(ValueError, match="no year"):
+        export.to_geotiff(sim, tmp_path / "a.tif", year=2021)
+    with pytest.raises(SchemaError, match="write_crs"):
+        export.to_geotiff(sim.drop_vars("spatial_ref"), tmp_path / "a.tif")
+    pairs = cube.embed.pairwise_similarity()
+    with pytest.raises(ValueError, match="year_2"):
+        export.to_geotiff(pairs.expand_dims(site=[1]), tmp_path / "a.tif", year=2021)
+    with pytest.raises(TypeError, match=r"ds\['coverage'\]"):
+        export.to_geotiff(cube[["coverage"]], tmp_path / "a.tif")
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        export.to_geotiff(failing_cube(), tmp_path / "fail")
+    (tmp_path / "a.tif").write_text("old")
+    with pytest.raises(FileExistsError):
+        export.to_geotiff(cube, tmp_path / "a.tif", year=2020)
+    assert (tmp_path / "a.tif").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif"]

@@ -129,3 +129,36 @@ def test_similarity_matrix_of_every_demo_site():
         norms = np.sqrt(np.diag(raw))
         np.testing.assert_allclose(sim, raw / np.outer(norms, norms), atol=1e-6)
         assert (np.diag(raw) < 1).all(), site.id  # means of unit vectors are shorter
+
+
+def test_valid_fraction_equals_exactextract(references, tmp_path):
+    """Issue 12: each site-year's ``valid_fraction`` is exactextract's coverage-weighted
+    count of pixels with data (on the GDAL reference) over the polygon's coverage sum
+    (the count on a raster without nodata); ``valid_ha`` is that count in hectares.
+    polygon_mean and zonal_mean give the same; site 3106's 2019 is in the nodata gap."""
+    fractions = {}
+    for site_id, (site, ds, reference) in references.items():
+        height, width = ds.sizes["y"], ds.sizes["x"]
+        first_band = reference[:, 0]  # (year, y, x): the sources mask all bands at once
+        layers = np.concatenate([first_band, np.ones((1, height, width), np.float32)])
+        path = tmp_path / f"{site_id}.tif"
+        with rasterio.open(
+            path, "w", driver="GTiff", width=width, height=height, count=len(layers),
+            dtype="float32", crs=ds.rio.crs, transform=ds.rio.transform(), nodata=np.nan,
+        ) as dst:  # fmt: skip
+            dst.write(layers)
+        polygon = xembed.grid.project(site.geometry, "EPSG:4326", ds.rio.crs)
+        frame = gpd.GeoDataFrame({"id": [site_id]}, geometry=[polygon], crs=ds.rio.crs)
+        result = exactextract.exact_extract(str(path), frame, "count", output="pandas")
+        counts = result.filter(like="_count").to_numpy()[0]
+        valid, total = counts[:-1], counts[-1]
+
+        cube = xembed.open_embeddings(site, YEARS, root=ds.attrs["source_root"])
+        mean = cube.embed.polygon_mean()
+        np.testing.assert_allclose(mean["valid_fraction"], valid / total, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(mean["valid_ha"], valid * 100 / 10_000, rtol=1e-6)
+        zonal = xembed.zonal_mean(ds, [site])
+        np.testing.assert_allclose(zonal["valid_fraction"][0], valid / total, atol=1e-6)
+        fractions[site_id] = valid / total
+    gap = {sid: f.round(3).tolist() for sid, f in fractions.items() if (f < 1 - 1e-6).any()}
+    assert gap == {3106: [1.0, 1.0, 0.62, 1.0, 1.0, 1.0, 1.0, 1.0]}

@@ -18,7 +18,7 @@ import shapely
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box, mapping
 
 from xembed.errors import SiteError
-from xembed.sites import Site, as_site, load_sites
+from xembed.sites import Site, as_site, as_sites, load_sites
 
 # A ~1 km square near the Brazilian restoration sites the original notebook used.
 LONLAT = box(-48.0, -22.6, -47.99, -22.59)
@@ -160,7 +160,7 @@ def test_geojson_without_crs_is_lonlat_and_str_paths_work(tmp_path: Path) -> Non
 @pytest.mark.parametrize("crs", ["urn:ogc:def:crs:EPSG::4326", "urn:ogc:def:crs:OGC:1.3:CRS84"])
 def test_geojson_lonlat_crs_members_keep_lon_first(tmp_path: Path, crs: str) -> None:
     # EPSG:4326 is lat/lon by the book; GeoJSON files still store lon first.
-    [site] = load_sites(write_geojson(tmp_path / "s.geojson", [feature(LONLAT)], crs=crs))
+    [site] = load_sites(write_geojson(tmp_path / "s.geojson", [feature(LONLAT, id=1)], crs=crs))
     assert site.geometry.normalize().equals_exact(LONLAT.normalize(), 1e-12)
 
 
@@ -275,7 +275,9 @@ def test_geodataframe_input_is_reprojected() -> None:
 
 
 def test_geoseries_and_named_index_input() -> None:
-    assert [s.id for s in load_sites(gpd.GeoSeries([LONLAT, OTHER], crs=4326))] == [0, 1]
+    with pytest.warns(UserWarning, match=r"GeoSeries has no site ids.*numbered by row"):
+        sites = load_sites(gpd.GeoSeries([LONLAT, OTHER], crs=4326))
+    assert [s.id for s in sites] == [0, 1]
     gdf = frame([LONLAT, OTHER], rid=[7, 8], start_year=[2016, 2017]).set_index("rid")
     assert [s.id for s in load_sites(gdf)] == [7, 8]
 
@@ -325,7 +327,6 @@ def test_properties_are_plain_python_scalars() -> None:
         ({"rid": [10, 11], "id": [20, 21], "site_id": [30, 31]}, [10, 11]),
         ({"id": [20, 21], "site_id": [30, 31]}, [20, 21]),
         ({"site_id": [30, 31]}, [30, 31]),
-        ({"name": ["a", "b"]}, [0, 1]),
     ],
 )
 def test_id_column_order(columns: dict[str, list[Any]], want: list[int]) -> None:
@@ -372,6 +373,79 @@ def test_duplicate_geojson_feature_ids_are_named(tmp_path: Path) -> None:
 def test_missing_ids_name_the_rows() -> None:
     with pytest.raises(SiteError, match=r"row 1 has no site id in column 'rid'"):
         load_sites(frame([LONLAT, OTHER], rid=[1.0, np.nan]))
+
+
+# Issue 12, item 2: ids never silently become row numbers.
+
+
+def test_a_named_index_is_the_id() -> None:
+    gdf = frame([LONLAT, OTHER], plot_id=["A1", "B7"], id=[1, 2], uf=["SP", "SP"])
+    sites = load_sites(gdf.set_index("plot_id"))
+    assert [s.id for s in sites] == ["A1", "B7"]
+    # The index wins over the default columns, which stay properties.
+    assert sites[0].properties == {"id": 1, "uf": "SP"}
+    # id_field= still picks a column; the index then becomes a property.
+    by_column = load_sites(gdf.set_index("plot_id"), id_field="id")
+    assert [s.id for s in by_column] == [1, 2] and by_column[0].properties["plot_id"] == "A1"
+    # An index kept as a column too (set_index(..., drop=False)) is used once.
+    assert [s.id for s in load_sites(gdf.set_index("plot_id", drop=False))] == ["A1", "B7"]
+
+
+def test_a_one_row_frame_keeps_its_id() -> None:
+    gdf = frame([LONLAT, OTHER], plot_id=["A1", "B7"]).set_index("plot_id")
+    assert as_site(gdf.iloc[[1]]).id == "B7"
+    assert [s.id for s in load_sites(gdf.iloc[[0]])] == ["A1"]
+    one = frame([OTHER], plot_id=["B7"], uf=["SP"])
+    assert as_site(one, id_field="plot_id").id == "B7"
+    assert load_sites(one, id_field="plot_id")[0].properties == {"uf": "SP"}
+
+
+def test_row_numbers_as_ids_warn_naming_the_columns_and_the_fix(tmp_path: Path) -> None:
+    feats = [feature(LONLAT, {"plot_id": "A1", "uf": "SP"}), feature(OTHER, {"plot_id": "B7"})]
+    path = write_geojson(tmp_path / "plots.geojson", feats)
+    with pytest.warns(
+        UserWarning,
+        match=r"plots\.geojson has no site ids \(no column rid, id or site_id, no named index, "
+        r"no GeoJSON Feature 'id'\), so its sites are numbered by row: 0, 1; its columns are "
+        r"\['plot_id', 'uf'\]: pass id_field= naming the column that holds the ids, e.g. "
+        r"load_sites\(\.\.\., id_field='plot_id'\)",
+    ) as record:
+        sites = load_sites(path)
+    assert [s.id for s in sites] == [0, 1]
+    assert record[0].filename == __file__  # points at the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [s.id for s in load_sites(path, id_field="plot_id")] == ["A1", "B7"]
+    # A frame with no columns at all says so.
+    with pytest.warns(UserWarning, match=r"GeoDataFrame has no site ids .*no columns but the geo"):
+        load_sites(frame([LONLAT]))
+
+
+def test_one_feature_without_an_id_warns_too() -> None:
+    with pytest.warns(UserWarning, match=r"GeoJSON mapping has no site ids.*\['plot_id'\]"):
+        site = as_site(feature(LONLAT, {"plot_id": "A1"}))
+    assert site.id == 0
+    assert as_site(feature(LONLAT, {"plot_id": "A1"}), id_field="plot_id").id == "A1"
+
+
+def test_bare_geometries_are_numbered_without_a_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert as_site(LONLAT).id == 0
+        assert as_site(mapping(LONLAT)).id == 0
+        assert [s.id for s in as_sites([LONLAT, OTHER])] == [0, 1]
+        assert as_site(feature(LONLAT, {"plot_id": "A1"}), id="mine").id == "mine"
+
+
+def test_id_field_works_on_as_sites(tmp_path: Path) -> None:
+    feats = [feature(LONLAT, {"plot_id": "A1"}), feature(OTHER, {"plot_id": "B7"})]
+    path = write_geojson(tmp_path / "plots.geojson", feats)
+    gdf = frame([LONLAT, OTHER], plot_id=["A1", "B7"])
+    fc = {"type": "FeatureCollection", "features": feats}
+    for sites in (path, str(path), gdf, fc, feats):
+        assert [s.id for s in as_sites(sites, id_field="plot_id")] == ["A1", "B7"], sites
+    with pytest.raises(SiteError, match=r"id_field 'plot' is not a column.*\['plot_id'\]"):
+        as_sites(gdf, id_field="plot")
 
 
 # ----------------------------------------------------------------------------- start years
@@ -440,7 +514,7 @@ def test_as_site_honours_a_legacy_crs_member() -> None:
     fc = {
         "type": "FeatureCollection",
         "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::5880"}},
-        "features": [feature(projected)],
+        "features": [feature(projected, id=1)],
     }
     assert as_site(fc).geometry.normalize().equals_exact(LONLAT.normalize(), 1e-7)
 
@@ -460,7 +534,9 @@ def test_as_site_on_a_site_and_geo_interface_objects() -> None:
 def test_as_site_errors() -> None:
     with pytest.raises(SiteError, match=r"site 0: geometry is a Point"):
         as_site(Point(-48, -22.6))
-    with pytest.raises(SiteError, match=r"as_site takes one site but got 2 features"):
+    with pytest.raises(
+        SiteError, match=r"GeoJSON mapping holds 2 sites, but one site is expected.*load_sites"
+    ):
         as_site({"type": "FeatureCollection", "features": [feature(LONLAT), feature(OTHER)]})
     with pytest.raises(SiteError, match=r"not a GeoJSON object \(type='Circle'\)"):
         as_site({"type": "Circle", "radius": 3})
@@ -490,3 +566,28 @@ def test_as_site_bare_geometry_with_projected_coordinates() -> None:
 def test_bad_crs_members_are_named(crs: Any, match: str) -> None:
     with pytest.raises(SiteError, match=match):
         load_sites({"type": "FeatureCollection", "crs": crs, "features": [feature(LONLAT)]})
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def test_swapped_coordinates_suggest_shapely_transform() -> None:
+    """Issue 12, item 13: no shapely.ops.transform (deprecated in shapely 2.2)."""
+    swapped = shapely.transform(box(150.0, -30.01, 150.01, -30.0), lambda xy: xy[:, ::-1])
+    gdf = frame([swapped], rid=[7])
+    with pytest.raises(SiteError) as info:
+        load_sites(gdf)
+    message = str(info.value)
+    assert "shapely.ops" not in message
+    # The suggested fixes run as written and give lon/lat sites.
+    one = message.split("e.g. ")[1].split(", or for")[0]
+    assert one == "shapely.transform(geometry, lambda xy: xy[:, ::-1])"
+    fixed = eval(one, {"shapely": shapely, "geometry": swapped})
+    assert Site(7, None, fixed).geometry.bounds[0] == 150.0
+    many = message.split("for a GeoDataFrame ")[1]
+    exec(many, {"shapely": shapely, "gdf": gdf})
+    assert load_sites(gdf)[0].geometry.bounds[0] == 150.0
+    reproject = r"look projected.*GeoSeries\.set_crs\(.*\)\.to_crs\('EPSG:4326'\)"
+    with pytest.raises(SiteError, match=reproject) as info:
+        Site(1, None, box(500_000, 7_500_000, 501_000, 7_501_000))
+    assert "shapely.ops" not in str(info.value)

@@ -6,6 +6,7 @@ Every message names what was wrong, what was expected, and the fix.
 from __future__ import annotations
 
 __all__ = [
+    "CoverageWarning",
     "DataNotFoundError",
     "EarthEngineError",
     "ReadError",
@@ -65,3 +66,21 @@ class ReadError(XembedError, OSError):
         super().__init__(message)
         self.href = href
         self.attempts = attempts
+
+
+class CoverageWarning(UserWarning):
+    """Some site-years stand on only part of their site: data covers less than ``min_valid``.
+
+    Raised (once per call, listing the site-years) by the functions that
+    return tables of means: :func:`xembed.to_frame`, :func:`xembed.extract`
+    and :func:`xembed.check_coverage`. The means of those site-years are
+    those of the part with data; the tables' ``valid_fraction`` column says
+    how much that is. Pass ``min_valid=0`` to silence it, or filter it::
+
+        warnings.filterwarnings("ignore", category=xembed.CoverageWarning)
+
+    Examples
+    --------
+    >>> issubclass(CoverageWarning, UserWarning)
+    True
+    """

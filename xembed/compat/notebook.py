@@ -177,7 +177,7 @@ def extract_continuous(
     Returns
     -------
     pandas.DataFrame
-        Columns ``site_id, year, A00..A63``, one row per year.
+        Columns ``site_id, year, valid_fraction, valid_ha, A00..A63``, one row per year.
 
     Raises
     ------
@@ -195,7 +195,7 @@ def extract_continuous(
     ...     ALPHA_EMBEDDINGS, start_date="2020-01-01", end_date="2023-12-31"
     ... )
     >>> df.shape, df["year"].tolist()
-    ((4, 66), [2020, 2021, 2022, 2023])
+    ((4, 68), [2020, 2021, 2022, 2023])
     """
     from xembed.ops import REDUCERS, to_frame
 

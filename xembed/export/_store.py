@@ -24,21 +24,39 @@ import dask
 __all__ = [
     "DEQUANTIZE_ATTR",
     "DEQUANTIZE_TEXT",
+    "GDAL_CRS_ATTR",
+    "ORIGINAL_LONG_NAME",
     "QUANTIZED_ATTR",
+    "QUANTIZED_LONG_NAME",
+    "QUANTIZED_NAME",
     "SPATIAL_CHUNK",
+    "FolderKind",
     "PathLike",
     "WriteMode",
+    "ZarrFormat",
+    "atomic_target",
     "local_path",
     "looks_like_zarr",
     "netcdf_engine",
     "quiet_zarr",
     "require_zarr",
+    "run_compute",
     "write_atomically",
 ]
 
 PathLike = str | os.PathLike[str]
 WriteMode = Literal["w-", "w"]
+ZarrFormat = Literal[2, 3]
 
+#: Name of the int8 codes in a ``quantize=True`` export. Not ``embeddings``: a
+#: plain reader (xarray, GDAL, QGIS) CF-decodes the codes to float32 and would
+#: take them for embedding values (up to 127), so the name says what they are.
+QUANTIZED_NAME = "embeddings_int8"
+QUANTIZED_LONG_NAME = (
+    "AlphaEarth embeddings as int8 codes q (not embedding values): v = sign(q) * (q / 127.5) ** 2"
+)
+#: Where the embeddings' own ``long_name`` is kept in a quantised export.
+ORIGINAL_LONG_NAME = "xembed_long_name"
 #: Attribute marking int8-quantised embeddings (value 1).
 QUANTIZED_ATTR = "xembed_quantized"
 #: Attribute telling plain readers how to decode quantised embeddings.
@@ -48,6 +66,9 @@ DEQUANTIZE_TEXT = (
     "(the _FillValue) means no data; xembed.open_cube(path) or xembed.dequantize(q) "
     "does this"
 )
+#: GDAL's own CRS attribute of Zarr arrays (``{"wkt": ...}``), written to format 2
+#: stores for GDAL versions that do not read CF grid mappings (before 3.9).
+GDAL_CRS_ATTR = "_CRS"
 #: On-disk tile of the spatial dims when the input has no (regular) dask chunks.
 SPATIAL_CHUNK = 256
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata")
@@ -142,7 +163,14 @@ def _remove_settled(path: Path, *, settle: float = 0.1, limit: float = 5.0) -> N
             return
 
 
-def _check_target(path: Path, mode: str, *, directory: bool) -> None:
+#: What a folder target may replace (mode "w"): a test and its name for messages.
+FolderKind = tuple[Callable[[Path], bool], str]
+_ZARR_FOLDER: FolderKind = (looks_like_zarr, "a Zarr store")
+
+
+def _check_target(
+    path: Path, mode: str, *, directory: bool, folder: FolderKind = _ZARR_FOLDER
+) -> None:
     if mode not in ("w-", "w"):
         raise ValueError(
             f"mode must be 'w-' (create, fail if it exists) or 'w' (replace), got {mode!r}; "
@@ -154,9 +182,10 @@ def _check_target(path: Path, mode: str, *, directory: bool) -> None:
         raise FileExistsError(
             f"{path} already exists; pass mode='w' to replace it, or choose another path"
         )
-    if directory and not looks_like_zarr(path):
+    replaceable, kind = folder
+    if directory and not replaceable(path):
         raise FileExistsError(
-            f"refusing to replace {path}: it is not a Zarr store; remove it yourself or "
+            f"refusing to replace {path}: it is not {kind}; remove it yourself or "
             "choose another path"
         )
     if not directory and path.is_dir():
@@ -165,13 +194,13 @@ def _check_target(path: Path, mode: str, *, directory: bool) -> None:
         )
 
 
-def _commit(tmp: Path, path: Path, mode: str, *, directory: bool) -> None:
+def _commit(tmp: Path, path: Path, mode: str, *, directory: bool, folder: FolderKind) -> None:
     """Move the finished temporary into place (replacing ``path`` for mode 'w')."""
     if not os.path.lexists(path):
         # A directory rename fails if `path` appeared (non-empty) meanwhile.
         os.rename(tmp, path)
         return
-    _check_target(path, mode, directory=directory)  # raises for 'w-'
+    _check_target(path, mode, directory=directory, folder=folder)  # raises for 'w-'
     if not directory and not path.is_dir():
         os.replace(tmp, path)  # atomic for files
         return
@@ -186,25 +215,38 @@ def _commit(tmp: Path, path: Path, mode: str, *, directory: bool) -> None:
 
 
 @contextlib.contextmanager
-def _atomic_target(path: PathLike, mode: str, *, directory: bool) -> Iterator[Path]:
+def atomic_target(
+    path: PathLike, mode: str, *, directory: bool, folder: FolderKind = _ZARR_FOLDER
+) -> Iterator[Path]:
     """Yield a hidden temporary sibling of ``path``; move it into place on success.
 
     On any exception (including KeyboardInterrupt) the temporary is removed and
-    ``path`` is left as it was.
+    ``path`` is left as it was. ``folder`` says which existing folders mode
+    ``"w"`` may replace (default: Zarr stores).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> with atomic_target(os.path.join(folder, "a.txt"), "w-", directory=False) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> os.listdir(folder)
+    ['a.txt']
     """
     target = local_path(path)
-    _check_target(target, mode, directory=directory)
+    _check_target(target, mode, directory=directory, folder=folder)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
     try:
         yield tmp
-        _commit(tmp, target, mode, directory=directory)
+        _commit(tmp, target, mode, directory=directory, folder=folder)
     except BaseException:
         _remove_settled(tmp)
         raise
 
 
-def _compute(delayed: Any, *, progress: bool) -> None:
+def run_compute(delayed: Any, *, progress: bool) -> None:
+    """Compute ``delayed`` (one dask compute), with a terminal progress bar if asked."""
     if progress:
         from dask.diagnostics import ProgressBar
 
@@ -254,6 +296,6 @@ def write_atomically(
     ...                  progress=False).read_text()
     'done'
     """
-    with _atomic_target(path, mode, directory=directory) as tmp:
-        _compute(write(tmp), progress=progress)
+    with atomic_target(path, mode, directory=directory) as tmp:
+        run_compute(write(tmp), progress=progress)
     return local_path(path)

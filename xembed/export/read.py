@@ -20,7 +20,10 @@ from xembed import schema
 from xembed.errors import SchemaError
 from xembed.export._store import (
     DEQUANTIZE_ATTR,
+    GDAL_CRS_ATTR,
+    ORIGINAL_LONG_NAME,
     QUANTIZED_ATTR,
+    QUANTIZED_NAME,
     SPATIAL_CHUNK,
     PathLike,
     looks_like_zarr,
@@ -107,7 +110,8 @@ def _open_raw(
 
 def _dask_chunks(ds: xr.Dataset, chunks: Mapping[str, int] | int | None) -> dict[str, int]:
     """Default: all years and bands, a multiple of the stored tile near 256 px."""
-    preferred = dict(ds["embeddings"].encoding.get("preferred_chunks", {}))
+    name = QUANTIZED_NAME if QUANTIZED_NAME in ds else "embeddings"
+    preferred = dict(ds[name].encoding.get("preferred_chunks", {}))
     default: dict[str, int] = {"year": -1, "band": -1}
     for dim in ("y", "x"):
         stored = int(preferred.get(dim, SPATIAL_CHUNK))
@@ -124,6 +128,8 @@ def plain(value: Any) -> Any:
 
 def _decode(ds: xr.Dataset, where: str) -> xr.Dataset:
     """An opened export -> a cube: de-quantise, restore dtypes and attrs, validate."""
+    if QUANTIZED_NAME in ds:
+        ds = ds.rename_vars({QUANTIZED_NAME: "embeddings"})
     if "embeddings" not in ds:
         raise SchemaError(
             f"{where} has no 'embeddings' variable (variables: {sorted(map(str, ds.data_vars))}); "
@@ -131,7 +137,7 @@ def _decode(ds: xr.Dataset, where: str) -> xr.Dataset:
         )
     ds.attrs = {k: plain(v) for k, v in ds.attrs.items()}
     for var in ds.variables.values():
-        var.attrs = {k: plain(v) for k, v in var.attrs.items()}
+        var.attrs = {k: plain(v) for k, v in var.attrs.items() if k != GDAL_CRS_ATTR}
     emb = ds["embeddings"]
     if emb.attrs.get(QUANTIZED_ATTR):
         grid_mapping = emb.encoding.get("grid_mapping")
@@ -144,8 +150,10 @@ def _decode(ds: xr.Dataset, where: str) -> xr.Dataset:
             output_dtypes=[np.float32],
             keep_attrs=True,
         )
-        decoded.attrs.pop(QUANTIZED_ATTR, None)
-        decoded.attrs.pop(DEQUANTIZE_ATTR, None)
+        for attr in (QUANTIZED_ATTR, DEQUANTIZE_ATTR, "long_name"):
+            decoded.attrs.pop(attr, None)
+        if ORIGINAL_LONG_NAME in decoded.attrs:
+            decoded.attrs["long_name"] = decoded.attrs.pop(ORIGINAL_LONG_NAME)
         decoded.encoding = {"grid_mapping": grid_mapping} if grid_mapping else {}
         ds["embeddings"] = decoded
     if "band" in ds.coords and ds["band"].dtype.kind != "U":
@@ -165,7 +173,11 @@ def site_groups(path: Path | str) -> list[str]:
     import zarr
 
     root = zarr.open_group(os.fspath(path), mode="r")
-    return sorted(name for name, group in root.groups() if "embeddings" in group.array_keys())
+    return sorted(
+        name
+        for name, group in root.groups()
+        if {"embeddings", QUANTIZED_NAME} & set(group.array_keys())
+    )
 
 
 def open_cube(
@@ -221,7 +233,7 @@ def open_cube(
     engine = None if kind == "zarr" else netcdf_engine()
     probe = _open_raw(kind, where, group=group, chunks=None, engine=engine)
     try:
-        if "embeddings" not in probe:
+        if "embeddings" not in probe and QUANTIZED_NAME not in probe:
             groups = site_groups(where) if kind == "zarr" and group is None else []
             hint = (
                 f"; it holds the site groups {groups}: open them with "

@@ -17,9 +17,9 @@ import xarray as xr
 
 from xembed import schema
 from xembed.errors import SchemaError
-from xembed.export._store import PathLike, WriteMode, require_zarr
+from xembed.export._store import PathLike, WriteMode, ZarrFormat, require_zarr
 from xembed.export.read import open_cube, plain, site_groups, store_kind
-from xembed.export.write import prepare_zarr, write_zarr
+from xembed.export.write import check_zarr_format, prepare_zarr, write_zarr
 
 __all__ = ["open_sites", "to_datatree", "write_sites_zarr"]
 
@@ -136,6 +136,7 @@ def write_sites_zarr(
     quantize: bool = False,
     consolidated: bool = True,
     progress: bool = False,
+    zarr_format: ZarrFormat = 3,
 ) -> Path:
     """Write many sites' cubes to one Zarr store, one group per site, atomically.
 
@@ -143,7 +144,7 @@ def write_sites_zarr(
     ----------
     cubes : mapping, sequence or xarray.DataTree
         As for :func:`to_datatree`, or a tree it made.
-    path, mode, quantize, consolidated, progress
+    path, mode, quantize, consolidated, progress, zarr_format
         As for :func:`to_zarr`. All groups are written in one dask compute
         (one progress bar).
 
@@ -166,9 +167,20 @@ def write_sites_zarr(
     require_zarr()
     named = _named_cubes(cubes)
     root_attrs = dict(cubes.attrs) if isinstance(cubes, xr.DataTree) else _root_attrs(named)
-    prepared = {name: prepare_zarr(cube, quantize=quantize) for name, (_, cube) in named.items()}
+    zarr_format = check_zarr_format(zarr_format)
+    prepared = {
+        name: prepare_zarr(cube, quantize=quantize, zarr_format=zarr_format)
+        for name, (_, cube) in named.items()
+    }
     tree = xr.DataTree.from_dict({"/": xr.Dataset(attrs=root_attrs), **prepared})
-    return write_zarr(tree, path, mode=mode, consolidated=consolidated, progress=progress)
+    return write_zarr(
+        tree,
+        path,
+        mode=mode,
+        consolidated=consolidated,
+        progress=progress,
+        zarr_format=zarr_format,
+    )
 
 
 def open_sites(path: PathLike, *, chunks: Mapping[str, int] | int | None = None) -> xr.DataTree:

@@ -19,10 +19,15 @@ from xembed.errors import SchemaError
 from xembed.export._store import (
     DEQUANTIZE_ATTR,
     DEQUANTIZE_TEXT,
+    GDAL_CRS_ATTR,
+    ORIGINAL_LONG_NAME,
     QUANTIZED_ATTR,
+    QUANTIZED_LONG_NAME,
+    QUANTIZED_NAME,
     SPATIAL_CHUNK,
     PathLike,
     WriteMode,
+    ZarrFormat,
     netcdf_engine,
     quiet_zarr,
     require_zarr,
@@ -71,6 +76,11 @@ def _check_input(ds: Any, *, quantize: bool) -> xr.Dataset:
             f"expected an xarray.Dataset (a cube), got {type(ds).__name__}; "
             "open one with xembed.open_embeddings(...)"
         )
+    if QUANTIZED_NAME in ds:
+        raise SchemaError(
+            f"{QUANTIZED_NAME!r} holds the int8 codes of a quantised export, not embeddings; "
+            "open the store with xembed.open_cube(path) to de-quantise it first"
+        )
     if "embeddings" in ds:
         schema.validate_cube(ds)
         emb = ds["embeddings"]
@@ -114,8 +124,10 @@ def prepare_export(ds: xr.Dataset, *, quantize: bool = False) -> xr.Dataset:
     ds : xarray.Dataset
         A cube (or any dataset; ``quantize`` needs ``embeddings``).
     quantize : bool
-        Store ``embeddings`` as int8 with the official quantisation and
-        ``_FillValue = -128``, marked with ``xembed_quantized = 1``.
+        Store ``embeddings`` as int8 codes named ``embeddings_int8`` (so that
+        no plain reader takes them for values), with the official
+        quantisation, ``_FillValue = -128``, ``xembed_quantized = 1`` and the
+        decoding formula in its attrs.
 
     Returns
     -------
@@ -136,9 +148,9 @@ def prepare_export(ds: xr.Dataset, *, quantize: bool = False) -> xr.Dataset:
     >>> cube = make_cube(shape=(8, 8))
     >>> cube["embeddings"].encoding["scale_factor"] = 10.0  # stale, as Xee leaves it
     >>> out = prepare_export(cube, quantize=True)
-    >>> out.embeddings.dtype, out.embeddings.attrs["xembed_quantized"]
+    >>> out.embeddings_int8.dtype, out.embeddings_int8.attrs["xembed_quantized"]
     (dtype('int8'), 1)
-    >>> out.embeddings.encoding
+    >>> out.embeddings_int8.encoding
     {'grid_mapping': 'spatial_ref', 'coordinates': 'spatial_ref', '_FillValue': -128}
     """
     ds = _check_input(ds, quantize=quantize)
@@ -152,8 +164,16 @@ def prepare_export(ds: xr.Dataset, *, quantize: bool = False) -> xr.Dataset:
             output_dtypes=[np.int8],
             keep_attrs=True,
         )
-        emb.attrs.update({QUANTIZED_ATTR: 1, DEQUANTIZE_ATTR: DEQUANTIZE_TEXT})
-        ds["embeddings"] = emb
+        if "long_name" in emb.attrs:  # kept for open_cube to restore
+            emb.attrs[ORIGINAL_LONG_NAME] = emb.attrs["long_name"]
+        emb.attrs.update(
+            {
+                "long_name": QUANTIZED_LONG_NAME,
+                QUANTIZED_ATTR: 1,
+                DEQUANTIZE_ATTR: DEQUANTIZE_TEXT,
+            }
+        )
+        ds = ds.assign(embeddings=emb).rename_vars(embeddings=QUANTIZED_NAME)
     grid_mapping = _grid_mapping_name(ds)
     for name in ds.data_vars:
         var = ds.variables[name]
@@ -178,7 +198,7 @@ def prepare_export(ds: xr.Dataset, *, quantize: bool = False) -> xr.Dataset:
         elif coords_attr is not None:
             var.encoding["coordinates"] = coords_attr
     if quantize:
-        ds["embeddings"].encoding["_FillValue"] = schema.NODATA
+        ds[QUANTIZED_NAME].encoding["_FillValue"] = schema.NODATA
     return ds
 
 
@@ -190,7 +210,7 @@ def _grid_mapping_name(ds: xr.Dataset) -> str | None:
     except Exception:  # rioxarray raises several kinds for datasets without a grid
         name, crs = None, None
     if crs is None or name not in ds.variables:
-        if "embeddings" in ds:
+        if "embeddings" in ds or QUANTIZED_NAME in ds:
             raise SchemaError(
                 "the cube has no CRS (no 'spatial_ref' grid mapping); write one with "
                 "ds = ds.rio.write_crs('EPSG:327xx') (the site's UTM zone)"
@@ -216,11 +236,57 @@ def _with_encoding(ds: xr.Dataset, extra: Mapping[str, Mapping[str, Any]]) -> xr
     return ds
 
 
-def prepare_zarr(ds: xr.Dataset, *, quantize: bool) -> xr.Dataset:
-    """:func:`prepare_export`, then what Zarr v3 needs: variable-length strings, a fill value."""
-    ds = _string_coords_to_object(prepare_export(ds, quantize=quantize))
-    if quantize:  # Zarr's own fill value too: a missing chunk reads as no data
-        ds = _with_encoding(ds, {"embeddings": {"fill_value": schema.NODATA}})
+def check_zarr_format(zarr_format: Any) -> ZarrFormat:
+    """``zarr_format`` if it is 2 or 3, else a ValueError saying what each is for."""
+    if zarr_format not in (2, 3):
+        raise ValueError(
+            f"zarr_format must be 3 (the default) or 2 (for older GDAL, e.g. 3.6, and the "
+            f"QGIS versions built on it), got {zarr_format!r}"
+        )
+    return zarr_format
+
+
+def _gdal_crs_attrs(ds: xr.Dataset) -> xr.Dataset:
+    """Add GDAL's own ``_CRS`` attribute to every variable on the ``(y, x)`` grid.
+
+    GDAL reads CF grid mappings in Zarr only from 3.9 on; from 3.4 on it reads
+    ``_CRS`` (``{"wkt": ...}``). :func:`xembed.export.open_cube` drops it again.
+    """
+    try:
+        crs = ds.rio.crs
+    except Exception:  # rioxarray raises several kinds for datasets without a grid
+        crs = None
+    if crs is None:
+        return ds
+    value = {"wkt": crs.to_wkt()}
+    ds = ds.copy()
+    for name, var in ds.data_vars.items():
+        if {"y", "x"} <= set(var.dims):
+            ds.variables[name].attrs = {**var.attrs, GDAL_CRS_ATTR: value}
+    return ds
+
+
+def prepare_zarr(ds: xr.Dataset, *, quantize: bool, zarr_format: ZarrFormat = 3) -> xr.Dataset:
+    """:func:`prepare_export`, then what the Zarr format needs.
+
+    Format 3: variable-length strings (fixed-width ones have no stable v3 data
+    type), the default Zstd codec. Format 2, for older GDAL: fixed-width
+    strings, Zstd (which every GDAL that reads the mirror's ZSTD COGs has;
+    Blosc, zarr's v2 default, is an optional GDAL dependency), and ``_CRS``.
+    Either way a quantised store gets Zarr's own fill value too, so a chunk
+    never written reads as no data.
+    """
+    ds = prepare_export(ds, quantize=quantize)
+    if zarr_format == 3:
+        ds = _string_coords_to_object(ds)
+    else:
+        import numcodecs
+
+        ds = _gdal_crs_attrs(ds)
+        codec = {"compressors": (numcodecs.Zstd(level=0),)}  # level 0: zstd's default
+        ds = _with_encoding(ds, {str(name): codec for name in ds.variables})
+    if quantize:
+        ds = _with_encoding(ds, {QUANTIZED_NAME: {"fill_value": schema.NODATA}})
     return ds
 
 
@@ -231,10 +297,15 @@ def write_zarr(
     mode: WriteMode,
     consolidated: bool,
     progress: bool,
+    zarr_format: ZarrFormat = 3,
 ) -> Path:
     """Write what :func:`prepare_zarr` made (a dataset or a tree of them), atomically."""
     write = functools.partial(
-        prepared.to_zarr, mode="w-", consolidated=consolidated, zarr_format=3, compute=False
+        prepared.to_zarr,
+        mode="w-",
+        consolidated=consolidated,
+        zarr_format=zarr_format,
+        compute=False,
     )
     with quiet_zarr():
         return write_atomically(path, mode, write, directory=True, progress=progress)
@@ -288,8 +359,9 @@ def to_zarr(
     quantize: bool = False,
     consolidated: bool = True,
     progress: bool = False,
+    zarr_format: ZarrFormat = 3,
 ) -> Path:
-    """Write a cube to a Zarr (v3) store, atomically, chunk by chunk.
+    """Write a cube to a Zarr store, atomically, chunk by chunk.
 
     Parameters
     ----------
@@ -302,15 +374,22 @@ def to_zarr(
         ``"w-"`` fails if ``path`` exists; ``"w"`` replaces an existing Zarr
         store (only once the new one is complete).
     quantize : bool
-        Store ``embeddings`` as int8 (official quantisation, -128 = no data):
-        about 4x smaller, values within half a quantisation step, and exact
-        for data read from the int8 COG mirror or the sample (re-quantising
-        de-quantised values gives the same codes). See the module
-        documentation for how plain readers decode it.
+        Store ``embeddings`` as int8 codes named ``embeddings_int8``
+        (official quantisation, -128 = no data): about 4x smaller, values
+        within half a quantisation step, and exact for data read from the
+        int8 COG mirror or the sample (re-quantising de-quantised values
+        gives the same codes). See the module documentation for how plain
+        readers decode it.
     consolidated : bool
         Write consolidated metadata (faster opens, especially remote).
     progress : bool
         Show a dask progress bar in the terminal.
+    zarr_format : {3, 2}
+        Zarr format 3 (default), or 2 for older GDAL and the QGIS versions
+        built on it (GDAL 3.6 cannot read format 3). Format 2 also
+        stores the CRS as GDAL's ``_CRS`` attribute (GDAL reads CF grid
+        mappings only from 3.9 on): open it in GDAL as
+        ``ZARR:"cube.zarr":/embeddings`` (one band per year and band).
 
     Returns
     -------
@@ -339,14 +418,19 @@ def to_zarr(
     >>> small = to_zarr(cube, path, mode="w", quantize=True)
     >>> open_cube(small).embeddings.dtype
     dtype('float32')
+    >>> for_gdal = to_zarr(cube, path, mode="w", zarr_format=2)
+    >>> sorted(p.name for p in for_gdal.iterdir())[:3]
+    ['.zattrs', '.zgroup', '.zmetadata']
     """
     require_zarr()
+    zarr_format = check_zarr_format(zarr_format)
     return write_zarr(
-        prepare_zarr(ds, quantize=quantize),
+        prepare_zarr(ds, quantize=quantize, zarr_format=zarr_format),
         path,
         mode=mode,
         consolidated=consolidated,
         progress=progress,
+        zarr_format=zarr_format,
     )
 
 

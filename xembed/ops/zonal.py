@@ -18,6 +18,7 @@ import xarray as xr
 
 from xembed.errors import SchemaError
 from xembed.ops._base import embeddings_of, unit
+from xembed.ops.reduce import MIN_VALID, check_min_valid
 from xembed.schema import PIXEL_SIZE
 from xembed.sites import as_sites
 
@@ -252,7 +253,11 @@ def _dask_sums(data: da.Array, entries: _Entries, n_sites: int) -> da.Array:
 
 
 def zonal_mean(
-    cube: xr.Dataset | xr.DataArray, sites: Any, *, normalize: bool = False
+    cube: xr.Dataset | xr.DataArray,
+    sites: Any,
+    *,
+    normalize: bool = False,
+    min_valid: float = MIN_VALID,
 ) -> xr.DataArray:
     """Coverage-weighted mean embedding of many sites, in one pass over the cube.
 
@@ -270,12 +275,20 @@ def zonal_mean(
         In EPSG:4326. Ids come from the sites (else their position).
     normalize : bool
         Return unit-length means.
+    min_valid : float, default 0.9
+        The valid fraction below which a site-year is reported, recorded in
+        ``attrs["min_valid"]``. Like :func:`xembed.polygon_mean` this never
+        warns (the result may be lazy); its table, ``to_frame(means)``, and
+        ``check_coverage(means.compute())`` raise the
+        :class:`xembed.CoverageWarning`.
 
     Returns
     -------
     xarray.DataArray
         ``(site, year, band)`` float64, lazy if the cube is; NaN for a site
-        year without valid pixels.
+        year without valid pixels. Coordinates ``valid_fraction(site, year)``
+        (the coverage-weighted share of the site with data, 0..1) and
+        ``valid_ha(site, year)`` (that area in hectares), from the same pass.
 
     Examples
     --------
@@ -290,7 +303,12 @@ def zonal_mean(
     (('site', 'year', 'band'), 1)
     >>> bool(np.allclose(means.sel(site=7).isel(year=0), planted_vector(), atol=1e-6))
     True
+    >>> means["valid_fraction"].values.tolist()  # every pixel under the site has data
+    [[1.0, 1.0]]
+    >>> xembed.to_frame(means).columns[:4].tolist()
+    ['site_id', 'year', 'valid_fraction', 'valid_ha']
     """
+    min_valid = check_min_valid(min_valid)
     emb = embeddings_of(cube)
     site_list = as_sites(sites)
     if not site_list:
@@ -307,8 +325,8 @@ def zonal_mean(
     data = emb.data
     means: Any
     if isinstance(data, da.Array):
-        lazy = _dask_sums(data, entries, len(site_list))
-        means = da.map_blocks(_ratio, lazy[0], lazy[1], dtype=np.float64)
+        sums: Any = _dask_sums(data, entries, len(site_list))
+        means = da.map_blocks(_ratio, sums[0], sums[1], dtype=np.float64)
     else:
         sums = _numpy_sums(np.asarray(data), entries, len(site_list))
         means = _ratio(sums[0], sums[1])
@@ -317,6 +335,34 @@ def zonal_mean(
         dims=("site", "year", "band"),
         coords={"site": ids, "year": emb["year"].values, "band": emb["band"].values},
         name="zonal_mean",
-        attrs={"long_name": "coverage-weighted mean embedding per site"},
+        attrs={"long_name": "coverage-weighted mean embedding per site", "min_valid": min_valid},
     )
-    return unit(result) if normalize else result
+    if normalize:
+        result = unit(result)
+    # The weights with data per band (sums[1]) are those of the means: no extra pass.
+    total = np.bincount(site_idx, weights=weight, minlength=len(site_list))
+    return result.assign_coords(_coverage(sums[1].max(axis=-1), total, grid.res))
+
+
+def _coverage(valid: Any, total: np.ndarray, res: float) -> dict[str, xr.DataArray]:
+    """``valid_fraction`` and ``valid_ha`` (site, year) from the weights with data."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, 1.0 / total, 0.0)[:, None]
+    dims = ("site", "year")
+    return {
+        # Rounded: valid and total are sums in different orders, and a site
+        # with data everywhere must read exactly 1.
+        "valid_fraction": xr.DataArray(
+            (valid * share).round(12),
+            dims=dims,
+            attrs={
+                "long_name": "share of the site's area with data (coverage-weighted)",
+                "units": "1",
+            },
+        ),
+        "valid_ha": xr.DataArray(
+            valid * (res * res / 10_000.0),
+            dims=dims,
+            attrs={"long_name": "area of the site with data", "units": "ha"},
+        ),
+    }

@@ -5,8 +5,8 @@
 - :func:`frames`: the same for every year; :func:`save_strip` and
   :func:`save_gif` write them side by side (PNG) or animated (GIF);
 - :func:`plot`: a facet grid of the years for Jupyter;
-  :func:`plot_similarity_matrix` and :func:`plot_change`: the analysis
-  figures, with colour bars.
+  :func:`plot_similarity_matrix`, :func:`plot_change` and
+  :func:`plot_search`: the analysis figures, with colour bars.
 
 Conventions
 -----------
@@ -31,12 +31,12 @@ Modules
 - :mod:`.files`: :func:`save_png`, :func:`save_figure`, :func:`save_strip`,
   :func:`save_gif`;
 - :mod:`.figures`: :func:`plot`, :func:`plot_similarity_matrix`,
-  :func:`plot_change`.
+  :func:`plot_change`, :func:`plot_search`.
 """
 
 from __future__ import annotations
 
-from xembed.render.figures import plot, plot_change, plot_similarity_matrix
+from xembed.render.figures import plot, plot_change, plot_search, plot_similarity_matrix
 from xembed.render.files import save_figure, save_gif, save_png, save_strip
 from xembed.render.frame import BOUNDARY_COLOR, NODATA_CHECKER, Frame, frames, render
 
@@ -47,6 +47,7 @@ __all__ = [
     "frames",
     "plot",
     "plot_change",
+    "plot_search",
     "plot_similarity_matrix",
     "render",
     "save_figure",

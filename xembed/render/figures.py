@@ -1,4 +1,4 @@
-"""Figures for analyses: a facet grid of the years, the similarity matrix, change maps.
+"""Figures for analyses: a facet grid of the years, the similarity matrix, change and search maps.
 
 Figures are built on their own Agg canvas (no ``pyplot``), so nothing opens a
 window and building them in threads is safe; they display in Jupyter as PNG.
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from matplotlib.colorbar import Colorbar
     from matplotlib.figure import Figure
 
-__all__ = ["plot", "plot_change", "plot_similarity_matrix"]
+__all__ = ["plot", "plot_change", "plot_search", "plot_similarity_matrix"]
 
 _SIM_TITLE = "Cosine similarity between years"
 
@@ -40,7 +40,11 @@ def _figure_and_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Fig
     if ax is not None:
         return ax.figure, ax  # type: ignore[return-value]
     fig = new_figure(figsize)
-    fig.set_layout_engine("constrained")
+    # "compressed", not "constrained": the heat-map and the maps have a fixed
+    # aspect, and constrained layout sized their margins for the axes before
+    # the aspect shrank it, cutting the year labels of a heat-map whose colour
+    # bar needs two decimals ("017") and the y label of a tall map.
+    fig.set_layout_engine("compressed")
     return fig, fig.add_subplot()
 
 
@@ -267,28 +271,141 @@ def plot_change(
     >>> fig.axes[0].get_title()
     'Change 2020 → 2021 (1 − cosine)'
     """
-    if not isinstance(change, xr.DataArray) or not {"y", "x"} <= set(change.dims):
-        raise TypeError(
-            "plot_change needs a (year, y, x) DataArray from xembed.change(cube), got "
-            f"{type(change).__name__}"
-            + (f" with dims {change.dims}" if isinstance(change, xr.DataArray) else "")
-        )
-    arr = change
-    if "year" in arr.dims:
-        year = _change_year(arr, year)
-        arr = arr.sel(year=int(year))
+    arr, year = _map_year(change, year, "plot_change", "xembed.change(cube)", "change map")
     values, extent = _grid_extent(arr)
     binary = values.dtype == bool
-    crs = crs_of(change)
-    geom = projected_boundary(boundary, crs, dict(change.attrs))
-
-    ny, nx = values.shape
-    width = 6.5
-    fig, ax = _figure_and_axes(ax, (width, max(3.0, min(10.0, (width - 1.3) * ny / max(nx, 1)))))
+    fig, ax = _map_figure(ax, values.shape)
     if binary:
         _show_changed(fig, ax, values, extent)
     else:
         _show_change(fig, ax, values, extent, cmap=cmap, vmax=vmax, threshold=threshold)
+    _finish_map(fig, ax, change, boundary, extent)
+    ax.set_title(_change_title(change, year, binary) if title is None else title)
+    return fig
+
+
+def plot_search(
+    hits: xr.DataArray,
+    year: int | None = None,
+    *,
+    boundary: Any = None,
+    threshold: float | None = None,
+    ax: Axes | None = None,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    title: str | None = None,
+) -> Figure:
+    """A similarity-search map: the cosine of every pixel with the query, bright = similar.
+
+    Parameters
+    ----------
+    hits : xarray.DataArray
+        ``(year, y, x)`` or ``(y, x)`` from :func:`xembed.search` (cosine
+        with the query, -1 to 1).
+    year : int, optional
+        The year to show; may be omitted when there is only one.
+    boundary : Site, shapely geometry, cube, None or False
+        A polygon to outline in EPSG:4326 (e.g. the site the query came
+        from), as for :func:`plot_change`.
+    threshold : float, optional
+        Outline the pixels at least this similar (cyan contour) and mark the
+        value on the colour bar.
+    ax : matplotlib Axes, optional
+        Draw into this axes; default a new figure.
+    cmap : str, default "viridis"
+        Colour map, from least to most similar.
+    vmin : float, optional
+        Bottom of the colour range (the top is 1, a perfect match). Default:
+        the 1st percentile of the year's values, rounded down to 0.05, so the
+        map's contrast goes to the pixels that differ (the colour bar's arrow
+        marks values below it).
+    title : str, optional
+        Default ``"Similarity search {year}: cosine with the query"``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        North up, axes in metres of the cube's CRS, a scale bar; pixels
+        without data are light grey.
+
+    Examples
+    --------
+    >>> from xembed.testing import make_cube, planted_vector
+    >>> import xembed
+    >>> cube = make_cube(years=(2020, 2021))
+    >>> hits = xembed.search(cube, planted_vector())
+    >>> fig = plot_search(hits, 2021, boundary=cube, threshold=0.9)
+    >>> fig.axes[0].get_title(), fig.axes[1].get_ylabel()
+    ('Similarity search 2021: cosine with the query', 'cosine similarity with the query')
+    """
+    arr, year = _map_year(hits, year, "plot_search", "xembed.search(cube, query)", "search map")
+    values, extent = _grid_extent(arr)
+    fig, ax = _map_figure(ax, values.shape)
+    finite = values[np.isfinite(values)]
+    if vmin is None:
+        bottom = float(np.percentile(finite, 1)) if finite.size else -1.0
+        vmin = min(0.95, math.floor(bottom / 0.05) * 0.05)
+    image = ax.imshow(
+        np.ma.masked_invalid(values),
+        cmap=_colours_with_grey(cmap),
+        vmin=vmin,
+        vmax=1.0,
+        extent=extent,
+        interpolation="nearest",
+    )
+    extend = "min" if finite.size and float(finite.min()) < vmin else "neither"
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, extend=extend)
+    bar.set_label(str(hits.attrs.get("long_name", "cosine similarity with the query")))
+    if threshold is not None:
+        _threshold_contour(ax, bar, values, extent, threshold)
+    _finish_map(fig, ax, hits, boundary, extent)
+    default = (
+        f"Similarity search {year}: cosine with the query"
+        if year is not None
+        else ("Similarity search: cosine with the query")
+    )
+    ax.set_title(default if title is None else title)
+    return fig
+
+
+def _map_year(
+    arr: Any, year: int | None, func: str, source: str, what: str
+) -> tuple[xr.DataArray, int | None]:
+    """The ``(y, x)`` map of ``year`` (checked), or of the only year, or of a 2-D array."""
+    if not isinstance(arr, xr.DataArray) or not {"y", "x"} <= set(arr.dims):
+        raise TypeError(
+            f"{func} needs a (year, y, x) DataArray from {source}, got {type(arr).__name__}"
+            + (f" with dims {arr.dims}" if isinstance(arr, xr.DataArray) else "")
+        )
+    if "year" not in arr.dims:
+        return arr, year
+    years = years_of(arr)
+    if year is None:
+        if len(years) != 1:
+            raise ValueError(f"the {what} has years {years}: pass year= to choose one")
+        year = years[0]
+    if int(year) not in years:
+        raise ValueError(f"year {year!r} is not in the {what}; its years are {years}")
+    return arr.sel(year=int(year)), year
+
+
+def _map_figure(ax: Axes | None, shape: tuple[int, ...]) -> tuple[Figure, Axes]:
+    """``ax`` and its figure, or a new figure shaped for a map of ``shape`` pixels."""
+    ny, nx = shape
+    width = 6.5
+    return _figure_and_axes(ax, (width, max(3.0, min(10.0, (width - 1.3) * ny / max(nx, 1)))))
+
+
+def _finish_map(
+    fig: Figure,
+    ax: Axes,
+    arr: xr.DataArray,
+    boundary: Any,
+    extent: tuple[float, float, float, float],
+) -> None:
+    """Boundary, north-up limits in metres, axis labels and a scale bar."""
+    crs = crs_of(arr)
+    geom = projected_boundary(boundary, crs, dict(arr.attrs))
     if geom is not None:
         draw_boundary(ax, geom, 2.5, fig.dpi)
     ax.set_xlim(extent[0], extent[1])
@@ -299,20 +416,13 @@ def plot_change(
     ax.set_xlabel(f"x (m, {crs.to_string() if crs is not None else 'unknown CRS'})")
     ax.set_ylabel("y (m)")
     _scale_bar(ax, extent)
-    ax.set_title(_change_title(change, year, binary) if title is None else title)
-    return fig
 
 
-def _change_year(change: xr.DataArray, year: int | None) -> int:
-    """The year to show: ``year`` (checked) or the change map's only one."""
-    years = years_of(change)
-    if year is None:
-        if len(years) != 1:
-            raise ValueError(f"the change map has years {years}: pass year= to choose one")
-        year = years[0]
-    if int(year) not in years:
-        raise ValueError(f"year {year!r} is not in the change map; its years are {years}")
-    return year
+def _colours_with_grey(cmap: str) -> Any:
+    """``cmap`` with NaN (no data) drawn light grey."""
+    from matplotlib import colormaps
+
+    return colormaps[cmap].with_extremes(bad="#d9d9d9")
 
 
 def _show_changed(
@@ -345,16 +455,13 @@ def _show_change(
     threshold: float | None,
 ) -> None:
     """Draw a float change map from 0 to ``vmax`` (NaN light grey), with its colour bar."""
-    from matplotlib import colormaps
-
     finite = values[np.isfinite(values)]
     if vmax is None:
         top = float(np.percentile(finite, 99)) if finite.size else 1.0
         vmax = max(0.05, math.ceil(top / 0.05) * 0.05)
-    colours = colormaps[cmap].with_extremes(bad="#d9d9d9")
     image = ax.imshow(
         np.ma.masked_invalid(values),
-        cmap=colours,
+        cmap=_colours_with_grey(cmap),
         vmin=0.0,
         vmax=vmax,
         extent=extent,

@@ -6,7 +6,7 @@ import datetime as _dt
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,8 +32,40 @@ def to_id(value: Any) -> int | str:
             return int(float(value))
         raise SiteError(f"site id {value!r} is not a whole number; expected an int or a str")
     if isinstance(value, str):
+        if "\x00" in value:
+            # Refused, not warned: GDAL and every C string end the id there, so
+            # outputs written from it would hold another id and mis-join.
+            raise SiteError(
+                f"site id {value!r} contains a NUL character ('\\x00'), at which GDAL and "
+                f"files cut it (to {value.split(chr(0))[0]!r}); remove it from the id"
+            )
         return str(value)  # also turns numpy.str_ into str
     raise SiteError(f"site id {value!r} is a {type(value).__name__}; expected an int or a str")
+
+
+def check_distinct_as_text(ids: Iterable[int | str], where: str = "") -> None:
+    """Refuse ids that differ only in type (``1`` and ``"1"``): outputs write ids as text.
+
+    ``where`` (e.g. ``" in column 'rid' of sites.gpkg"``) follows the ids in the message.
+
+    Examples
+    --------
+    >>> check_distinct_as_text([1, "2", 3])
+    >>> check_distinct_as_text([1, "1"])
+    Traceback (most recent call last):
+    ...
+    xembed.errors.SiteError: site ids 1 and '1' are the same as text (or repeated); ...
+    """
+    seen: dict[str, int | str] = {}
+    for site_id in ids:
+        key = str(site_id)
+        if key in seen:
+            raise SiteError(
+                f"site ids {seen[key]!r} and {site_id!r}{where} are the same as text (or "
+                "repeated); give every site its own id (load_sites(..., id_field=...) picks "
+                "the column)"
+            )
+        seen[key] = site_id
 
 
 def to_year(value: Any, site_id: int | str) -> int | None:
@@ -66,6 +98,9 @@ def clean_geometry(geom: Any, site_id: int | str) -> Polygon | MultiPolygon:
         raise SiteError(f"site {site_id!r}: geometry is empty; expected a non-empty polygon")
     if geom.has_z:
         geom = shapely.force_2d(geom)  # elevation plays no part in pixel coverage
+    problem = nonfinite_coordinates(geom)
+    if problem:
+        raise SiteError(f"site {site_id!r}: {problem}")
     xmin, ymin, xmax, ymax = geom.bounds
     if not (-180 <= xmin <= xmax <= 180 and -90 <= ymin <= ymax <= 90):
         raise SiteError(
@@ -91,20 +126,47 @@ def clean_geometry(geom: Any, site_id: int | str) -> Polygon | MultiPolygon:
     return repaired
 
 
+def nonfinite_coordinates(geom: BaseGeometry) -> str | None:
+    """What is wrong with a geometry holding NaN or infinite coordinates, else None.
+
+    GEOS fails on such vertices with an obscure ``GEOSException``.
+
+    Examples
+    --------
+    >>> from shapely.geometry import box
+    >>> nonfinite_coordinates(box(0, 0, 1, 1)) is None
+    True
+    >>> nonfinite_coordinates(shapely.Polygon([(0, 0), (1, float("inf")), (1, 1)]))[:38]
+    'coordinates contain infinite values (a'
+    """
+    coords = shapely.get_coordinates(geom)
+    if np.isfinite(coords).all():
+        return None
+    kind = "NaN" if np.isnan(coords).any() else "infinite values"
+    return (
+        f"coordinates contain {kind} (a vertex without a value: an empty cell or a failed "
+        "computation where the polygon was made); fix or remove that vertex"
+    )
+
+
 #: What coordinates that are not lon/lat look like, and the fix (see not_lonlat_kind).
 NOT_LONLAT = {
     "swapped": (
         "latitudes beyond ±90 whose longitudes would all be valid latitudes: the coordinates "
         "look swapped, (lat, lon) instead of (lon, lat); swap them, e.g. "
-        "shapely.ops.transform(lambda x, y: (y, x), geometry), or for a GeoDataFrame "
-        "gdf.geometry = gdf.geometry.map(lambda g: shapely.ops.transform(lambda x, y: (y, x), g))"
+        "shapely.transform(geometry, lambda xy: xy[:, ::-1]), or for a GeoDataFrame "
+        "gdf.geometry = shapely.transform(gdf.geometry, lambda xy: xy[:, ::-1])"
     ),
     "0-360": (
         "longitudes beyond 180 with valid latitudes look like 0..360 degree longitudes; "
         "subtract 360 from longitudes above 180, and split a site that crosses the "
         "antimeridian (180 degrees) into one part on each side"
     ),
-    "projected": ("they look projected (metres); reproject them to EPSG:4326 or set the right CRS"),
+    "projected": (
+        "they look projected (metres); reproject them to EPSG:4326, e.g. with "
+        "GeoSeries.set_crs(<their CRS>).to_crs('EPSG:4326') (or load_sites on a GeoDataFrame "
+        "with the right CRS, which reprojects)"
+    ),
 }
 
 

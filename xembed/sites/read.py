@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import os
 import warnings
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from shapely.geometry import MultiPolygon, Polygon, shape
+import shapely
+from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from xembed._util import stacklevel
 from xembed.errors import SiteError
 
 if TYPE_CHECKING:
@@ -21,14 +24,17 @@ if TYPE_CHECKING:
 
 from xembed.sites.clean import (
     NOT_LONLAT,
+    check_distinct_as_text,
     is_geopandas,
     is_missing,
     name_ids,
     name_list,
+    nonfinite_coordinates,
     not_lonlat_kind,
     py_scalar,
     to_id,
 )
+from xembed.sites.geojson import NO_RAW, RawGeoJSON, frame_from_geojson
 from xembed.sites.site import Site
 
 __all__ = ["as_site", "as_sites", "load_sites"]
@@ -58,9 +64,10 @@ def load_sites(
         ``"crs"`` member (e.g. ``urn:ogc:def:crs:EPSG::5880``) is honoured;
         everything is reprojected to EPSG:4326.
     id_field : str, optional
-        Column holding the site id. By default the first of ``rid``, ``id``,
-        ``site_id``; then GeoJSON Feature ``"id"`` members; then the row
-        number (0, 1, ...). A named index of a GeoDataFrame counts as a column.
+        Column holding the site id. By default the GeoDataFrame's named
+        index (``gdf.set_index("plot_id")``); else the first of ``rid``,
+        ``id``, ``site_id``; then GeoJSON Feature ``"id"`` members; else the
+        row number (0, 1, ...), with a warning.
     start_year_field : str or None, default "start_year"
         Column holding the start year; ``None`` for no start years. The
         default column may be absent (years are then ``None``).
@@ -78,9 +85,17 @@ def load_sites(
     FileNotFoundError
         If a local path does not exist.
     SiteError
-        If the file cannot be read, is empty or has no CRS; if ids are
-        missing or duplicated; if a feature has no geometry or a
-        non-polygonal one; if lon/lat coordinates look projected.
+        If the file cannot be read, is empty, has no geometries (a CSV) or no
+        CRS; if ids are missing, duplicated, equal as text (``1`` and
+        ``"1"``) or hold a NUL character; if a feature has no geometry, a
+        non-polygonal one or NaN coordinates; if lon/lat coordinates look
+        projected.
+
+    Warns
+    -----
+    UserWarning
+        If no id column is found and sites are numbered by row: the message
+        lists the columns, to pass the right one as ``id_field=``.
 
     Examples
     --------
@@ -96,10 +111,40 @@ def load_sites(
     [Site(id=3107, start_year=2016), Site(id=3108, start_year=None)]
     >>> sites[0].properties
     {'state': 'SP'}
+
+    A named index is the id, whatever its name:
+
+    >>> [s.id for s in load_sites(gdf.rename(columns={"rid": "plot"}).set_index("plot"))]
+    [3107, 3108]
     """
+    loaded = _load(source, id_field=id_field, start_year_field=start_year_field, layer=layer)
+    loaded.warn_if_numbered()
+    return loaded.sites
+
+
+@dataclasses.dataclass(frozen=True)
+class _Loaded:
+    """Sites read from a source, its name in messages, and why ids are row numbers."""
+
+    sites: list[Site]
+    what: str
+    numbered: str | None  # the warning to give, when ids are row numbers
+
+    def warn_if_numbered(self) -> None:
+        if self.numbered is not None:
+            warnings.warn(self.numbered, UserWarning, stacklevel=stacklevel())
+
+
+def _load(
+    source: Any,
+    *,
+    id_field: str | None = None,
+    start_year_field: str | None = "start_year",
+    layer: str | int | None = None,
+) -> _Loaded:
     import geopandas as gpd
 
-    feature_ids: Callable[[], list[Any] | None] = _no_feature_ids
+    raw = NO_RAW
     if isinstance(source, gpd.GeoDataFrame):
         gdf, what = source, "GeoDataFrame"
         if gdf.crs is None:
@@ -116,12 +161,13 @@ def load_sites(
             )
         gdf, what = gpd.GeoDataFrame(geometry=source), "GeoSeries"
     elif isinstance(source, (str, os.PathLike)):
-        gdf, feature_ids = _read_file(source, layer)
+        gdf, raw = _read_file(source, layer)
         what = str(source)
     elif isinstance(source, Mapping) or hasattr(source, "__geo_interface__"):
         mapping = source if isinstance(source, Mapping) else source.__geo_interface__
-        gdf, fids = _frame_from_geojson(mapping)
-        feature_ids, what = (lambda: fids), "GeoJSON mapping"
+        what = "GeoJSON mapping"
+        gdf, features = frame_from_geojson(mapping, what)
+        raw = RawGeoJSON(lambda: features)
     else:
         raise TypeError(
             "load_sites expects a path to a site file, a GeoDataFrame/GeoSeries or a GeoJSON "
@@ -135,28 +181,27 @@ def load_sites(
         )
         raise SiteError(f"{what} contains no features; expected at least one site polygon: {where}")
     return _sites_from_frame(
-        gdf,
-        what=what,
-        id_field=id_field,
-        start_year_field=start_year_field,
-        feature_ids=feature_ids,
+        gdf, what=what, id_field=id_field, start_year_field=start_year_field, raw=raw
     )
 
 
-def as_site(where: Any, *, id: int | str | None = None) -> Site:
+def as_site(where: Any, *, id: int | str | None = None, id_field: str | None = None) -> Site:
     """Turn one site-like object into a :class:`Site`.
 
     Parameters
     ----------
-    where : Site, shapely Polygon/MultiPolygon, mapping or GeoDataFrame
+    where : Site, shapely Polygon/MultiPolygon, mapping, GeoDataFrame or path
         A :class:`Site` (returned as is); a shapely geometry in EPSG:4326; a
         GeoJSON geometry, Feature or single-feature FeatureCollection mapping
         (or anything with ``__geo_interface__``), in EPSG:4326 unless it has a
-        legacy ``"crs"`` member; or a one-row GeoDataFrame/GeoSeries.
+        legacy ``"crs"`` member; a one-row GeoDataFrame/GeoSeries; or the
+        path of a site file holding one site.
     id : int or str, optional
         Id to give the site. Defaults to the id :func:`load_sites` would pick
-        (properties ``rid``/``id``/``site_id``, then the Feature ``"id"``), or
-        ``0`` for a bare geometry.
+        (a named index, properties ``rid``/``id``/``site_id``, then the
+        Feature ``"id"``), or ``0`` for a bare geometry.
+    id_field : str, optional
+        Column (property) holding the id, for a file, frame or Feature.
 
     Returns
     -------
@@ -164,10 +209,19 @@ def as_site(where: Any, *, id: int | str | None = None) -> Site:
 
     Raises
     ------
+    FileNotFoundError
+        If ``where`` is the path of a file that does not exist.
     SiteError
-        If the geometry is unusable or ``where`` holds more than one feature.
+        If the geometry is unusable or ``where`` holds more than one site
+        (the message says to use :func:`load_sites`).
     TypeError
         If ``where`` is none of the above.
+
+    Warns
+    -----
+    UserWarning
+        If a file, frame or Feature has no id and the site is numbered 0
+        (not for a bare geometry, which has nowhere to hold one).
 
     Examples
     --------
@@ -190,20 +244,39 @@ def as_site(where: Any, *, id: int | str | None = None) -> Site:
         return dataclasses.replace(where, id=id)
     if isinstance(where, BaseGeometry):
         return Site(id=0 if id is None else id, start_year=None, geometry=where)
-    if is_geopandas(where) or isinstance(where, Mapping) or hasattr(where, "__geo_interface__"):
-        sites = load_sites(where)
-        if len(sites) != 1:
+    if (
+        isinstance(where, (str, os.PathLike, Mapping))
+        or is_geopandas(where)
+        or hasattr(where, "__geo_interface__")
+    ):
+        loaded = _load(where, id_field=id_field)
+        if len(loaded.sites) != 1:
             raise SiteError(
-                f"as_site takes one site but got {len(sites)} features; use load_sites for several"
+                f"{loaded.what} holds {len(loaded.sites)} sites, but one site is expected here "
+                "(as_site, open_embeddings); read them all with xembed.load_sites and pick one, "
+                "e.g. xembed.load_sites(...)[0], or open each in turn (xembed.extract "
+                "tabulates many)"
             )
-        return sites[0] if id is None else dataclasses.replace(sites[0], id=id)
+        if id is not None:
+            return dataclasses.replace(loaded.sites[0], id=id)
+        if not _is_bare_geometry(where):
+            loaded.warn_if_numbered()
+        return loaded.sites[0]
     raise TypeError(
         "as_site expects a Site, a shapely Polygon/MultiPolygon, a GeoJSON geometry or "
-        f"Feature mapping, or an object with __geo_interface__; got {type(where).__name__}"
+        "Feature mapping, an object with __geo_interface__, a one-row GeoDataFrame or the "
+        f"path of a site file; got {type(where).__name__}"
     )
 
 
-def as_sites(sites: Any) -> list[Site]:
+def _is_bare_geometry(where: Any) -> bool:
+    """A GeoJSON geometry (no Feature): it has no attributes an id could be in."""
+    if not isinstance(where, Mapping) and hasattr(where, "__geo_interface__"):
+        where = where.__geo_interface__
+    return isinstance(where, Mapping) and where.get("type") not in ("Feature", "FeatureCollection")
+
+
+def as_sites(sites: Any, *, id_field: str | None = None) -> list[Site]:
     """Turn a collection of sites into a list of :class:`Site`.
 
     Parameters
@@ -212,6 +285,8 @@ def as_sites(sites: Any) -> list[Site]:
         A file or frame (read by :func:`load_sites`), one site, or an iterable
         of site-like objects (each read by :func:`as_site`). Features and
         Sites keep their own ids; bare geometries are numbered by position.
+    id_field : str, optional
+        Column (property) holding the ids, for files, frames and Features.
 
     Examples
     --------
@@ -220,33 +295,30 @@ def as_sites(sites: Any) -> list[Site]:
     [Site(id=0, start_year=None), Site(id=1, start_year=None)]
     """
     if isinstance(sites, (str, os.PathLike)) or is_geopandas(sites):
-        return load_sites(sites)
+        return load_sites(sites, id_field=id_field)
     if isinstance(sites, (Site, BaseGeometry)):
         return [as_site(sites)]
     if isinstance(sites, Mapping) and sites.get("type") == "FeatureCollection":
-        return load_sites(sites)
+        return load_sites(sites, id_field=id_field)
     out = []
     for i, site in enumerate(sites):
         props = site.get("properties") or {} if isinstance(site, Mapping) else {}
+        fields = ID_FIELDS if id_field is None else (id_field,)
         has_id = hasattr(site, "id") or (
             isinstance(site, Mapping)
-            and (site.get("id") is not None or any(k in props for k in ID_FIELDS))
+            and (site.get("id") is not None or any(k in props for k in fields))
         )
-        out.append(as_site(site) if has_id else as_site(site, id=i))
+        out.append(as_site(site, id_field=id_field) if has_id else as_site(site, id=i))
     return out
 
 
 # --------------------------------------------------------------------------- readers
 
 
-def _no_feature_ids() -> None:
-    return None
-
-
 def _read_file(
     source: str | os.PathLike[str], layer: str | int | None
-) -> tuple[gpd.GeoDataFrame, Callable[[], list[Any] | None]]:
-    """Read a vector file with GDAL, plus a lazy reader of GeoJSON Feature ids."""
+) -> tuple[gpd.GeoDataFrame, RawGeoJSON]:
+    """Read a vector file with GDAL, plus a lazy reader of its GeoJSON Features."""
     import geopandas as gpd
     import pyogrio
     from pyogrio.errors import DataLayerError, DataSourceError
@@ -266,14 +338,18 @@ def _read_file(
     try:
         driver = pyogrio.read_info(path, layer=layer)["driver"]
         with warnings.catch_warnings():
-            # GDAL renumbers repeated GeoJSON Feature ids; feature_ids() reads the real ones.
+            # GDAL renumbers repeated GeoJSON Feature ids; RawGeoJSON reads the real ones.
             warnings.filterwarnings("ignore", "Several features with id", RuntimeWarning)
+            # NaN coordinates: shapely warns; load_sites refuses them, naming the site.
+            warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
             gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
     except (DataSourceError, DataLayerError) as err:
         raise SiteError(
             f"cannot read sites from {path!r}: {str(err).rstrip('.')}. xembed reads {_FORMATS}, "
             "or anything GDAL/geopandas reads (pass a GeoDataFrame)"
         ) from err
+    if not isinstance(gdf, gpd.GeoDataFrame):
+        raise SiteError(_no_geometry_message(path, list(gdf.columns)))
     if gdf.crs is None:
         raise SiteError(
             f"{path!r} declares no CRS, so its coordinates cannot be placed on Earth "
@@ -281,85 +357,48 @@ def _read_file(
             "set the CRS with gdf.set_crs(...) and pass the GeoDataFrame"
         )
 
-    def feature_ids() -> list[Any] | None:
-        # GDAL turns integer GeoJSON Feature ids into FIDs, which it renumbers
-        # when they repeat or mix with strings; read them from the JSON itself.
+    @functools.cache
+    def text() -> str | None:
         if driver not in _GEOJSON_DRIVERS or not is_local or layer not in (None, 0):
             return None
         try:
             with open(path, encoding="utf-8-sig") as f:
-                features = json.load(f).get("features")
-        except (OSError, ValueError, AttributeError):
+                return f.read()
+        except (OSError, ValueError):
             return None
-        if not isinstance(features, list) or len(features) != len(gdf):
-            return None
-        ids = [feat.get("id") if isinstance(feat, Mapping) else None for feat in features]
-        return None if all(i is None for i in ids) else ids
 
-    return gdf, feature_ids
-
-
-def _frame_from_geojson(obj: Mapping[str, Any]) -> tuple[gpd.GeoDataFrame, list[Any] | None]:
-    """A GeoDataFrame (and Feature ids) from a GeoJSON geometry/Feature/FeatureCollection."""
-    import geopandas as gpd
-    import pandas as pd
-
-    kind = obj.get("type")
-    if kind == "FeatureCollection":
-        features = list(obj.get("features") or [])
-    elif kind == "Feature":
-        features = [obj]
-    elif (isinstance(kind, str) and "coordinates" in obj) or kind == "GeometryCollection":
-        features = [{"type": "Feature", "properties": {}, "geometry": obj}]
-    else:
-        raise SiteError(
-            f"not a GeoJSON object (type={kind!r}); expected a geometry, a Feature or a "
-            "FeatureCollection mapping"
-        )
-    geoms: list[BaseGeometry | None] = []
-    for i, feat in enumerate(features):
-        if not isinstance(feat, Mapping):
-            raise SiteError(
-                f"feature {i} is a {type(feat).__name__}, not a GeoJSON Feature mapping"
-            )
-        geom = feat.get("geometry")
+    @functools.cache
+    def features() -> list[Any] | None:
         try:
-            geoms.append(shape(geom) if geom else None)
-        except (ValueError, TypeError, AttributeError, KeyError) as err:
-            raise SiteError(f"feature {i}: malformed GeoJSON geometry ({err})") from err
-    # object dtype keeps Python values as given (no int -> float when a value is None).
-    props = pd.DataFrame(
-        [dict(f.get("properties") or {}) for f in features],
-        index=range(len(features)),
-        dtype=object,
+            found = json.loads(text() or "null").get("features")
+        except (ValueError, AttributeError):
+            return None
+        return found if isinstance(found, list) and len(found) == len(gdf) else None
+
+    # JSON writes NUL as \u0000 (a raw NUL is not valid JSON).
+    return gdf, RawGeoJSON(features, lambda: "\\u0000" in (text() or ""))
+
+
+def _no_geometry_message(path: str, columns: list[Any]) -> str:
+    """What to do with a table GDAL read without geometries (a CSV, a spreadsheet)."""
+    wkt = next(
+        (c for c in columns if str(c).lower() in ("geometry", "wkt", "geom", "the_geom")), None
     )
-    geom_col = "_xembed_geometry"  # cannot clash with a "geometry" property
-    gdf = gpd.GeoDataFrame(
-        props.assign(**{geom_col: gpd.GeoSeries(geoms, index=props.index)}),
-        geometry=geom_col,
-        crs=_legacy_crs(obj.get("crs")),
-    )
-    ids = [f.get("id") for f in features]
-    return gdf, None if all(i is None for i in ids) else ids
-
-
-def _legacy_crs(crs: Any) -> Any:
-    """The CRS named by a GeoJSON 2008 ``"crs"`` member (EPSG:4326 when absent)."""
-    import pyproj
-
-    if crs is None:
-        return "EPSG:4326"
-    props = crs.get("properties") if isinstance(crs, Mapping) else None
-    name = props.get("name") if isinstance(props, Mapping) else None
-    if not isinstance(name, str) or crs.get("type") != "name":
-        raise SiteError(
-            f"unsupported GeoJSON 'crs' member {crs!r}; expected "
-            "{'type': 'name', 'properties': {'name': 'urn:ogc:def:crs:EPSG::<code>'}}"
+    if wkt is not None:
+        how = (
+            f"its column {wkt!r} looks like WKT: df = pd.read_csv(path); gdf = gpd.GeoDataFrame("
+            f"df, geometry=gpd.GeoSeries.from_wkt(df.pop({wkt!r})), crs='EPSG:4326') (give the "
+            "CRS its coordinates are in), then load_sites(gdf)"
         )
-    try:
-        return pyproj.CRS.from_user_input(name)
-    except pyproj.exceptions.CRSError as err:
-        raise SiteError(f"unknown CRS {name!r} in the GeoJSON 'crs' member: {err}") from err
+    else:
+        how = (
+            f"its columns are {columns}: save the sites as {_FORMATS}, or build a GeoDataFrame "
+            "with geopandas and pass it"
+        )
+    return (
+        f"{path!r} has no geometries GDAL can read (a CSV table?); xembed needs polygons with "
+        f"a CRS: {how}"
+    )
 
 
 # --------------------------------------------------------------------------- frame -> sites
@@ -371,23 +410,17 @@ def _sites_from_frame(
     what: str,
     id_field: str | None,
     start_year_field: str | None,
-    feature_ids: Callable[[], list[Any] | None],
-) -> list[Site]:
+    raw: RawGeoJSON,
+) -> _Loaded:
     """Validate a GeoDataFrame with a CRS and turn its rows into Sites."""
     from geopandas.array import GeometryDtype
 
-    # A named index (gdf.set_index("rid")) is data the user expects to be usable.
+    # A named index (gdf.set_index("plot_id")) is the id the user chose.
+    index_name = gdf.index.name if gdf.index.nlevels == 1 else None
     named = [n for n in gdf.index.names if n is not None and n not in gdf.columns]
     if named:
         gdf = gdf.reset_index(level=named)
     columns = [c for c in gdf.columns if c != gdf.geometry.name]
-
-    id_col = _pick_id_column(columns, id_field, what)
-    if id_col is not None:
-        raw_ids: Sequence[Any] = gdf[id_col].tolist()
-    else:
-        raw_ids = feature_ids() or range(len(gdf))
-    ids = _normalise_ids(raw_ids, id_col, what)
 
     year_col = start_year_field if start_year_field in columns else None
     if start_year_field not in (None, "start_year") and year_col is None:
@@ -395,7 +428,77 @@ def _sites_from_frame(
             f"start_year_field {start_year_field!r} is not a column of {what}; "
             f"available columns: {columns}"
         )
+    ids, id_col, numbered = _site_ids(gdf, columns, id_field, index_name, year_col, what, raw)
+    geoms = _checked_geometries(gdf, ids, what)
 
+    years = gdf[year_col].tolist() if year_col is not None else [None] * len(gdf)
+    prop_cols = [
+        c
+        for c in columns
+        if c not in (id_col, year_col) and not isinstance(gdf[c].dtype, GeometryDtype)
+    ]
+    records = gdf[prop_cols].to_dict("records") if prop_cols else [{}] * len(gdf)
+    sites = [
+        Site(
+            id=site_id,
+            start_year=year,
+            geometry=geom,
+            properties={str(k): py_scalar(v) for k, v in rec.items()},
+        )
+        for site_id, year, geom, rec in zip(ids, years, geoms, records, strict=True)
+    ]
+    return _Loaded(sites, what, numbered)
+
+
+def _site_ids(
+    gdf: gpd.GeoDataFrame,
+    columns: list[Hashable],
+    id_field: str | None,
+    index_name: Hashable | None,
+    year_col: Hashable | None,
+    what: str,
+    raw: RawGeoJSON,
+) -> tuple[list[int | str], Hashable | None, str | None]:
+    """The ids, the column they come from, and the warning to give if they are row numbers."""
+    if id_field is not None:
+        if id_field not in columns:
+            raise SiteError(
+                f"id_field {id_field!r} is not a column of {what}; available columns: {columns}"
+            )
+        id_col: Hashable | None = id_field
+    elif index_name is not None:
+        id_col = index_name
+    else:
+        id_col = next((c for c in ID_FIELDS if c in columns), None)
+    if id_col is not None:
+        raw.check_ids(id_col, what)
+        return _normalise_ids(gdf[id_col].tolist(), id_col, what), id_col, None
+    feature_ids = raw.feature_ids()
+    if feature_ids is not None:
+        return _normalise_ids(feature_ids, None, what), None, None
+    candidates = [c for c in columns if c != year_col]
+    if candidates:
+        fix = (
+            f"its columns are {columns}: pass id_field= naming the column that holds the ids, "
+            f"e.g. load_sites(..., id_field={str(candidates[0])!r}), so results join back to "
+            "your data"
+        )
+    else:
+        fix = (
+            f"it has no columns but the geometry{' and start years' if columns else ''}: give "
+            "the sites ids (an id column, a named index or GeoJSON Feature 'id' members) if "
+            "results must join back to other data"
+        )
+    numbered = (
+        f"{what} has no site ids (no column {', '.join(ID_FIELDS[:-1])} or {ID_FIELDS[-1]}, "
+        "no named index, no GeoJSON Feature 'id'), so its sites are numbered by row: "
+        f"{name_list(list(range(len(gdf))))}; {fix}"
+    )
+    return list(range(len(gdf))), None, numbered
+
+
+def _checked_geometries(gdf: gpd.GeoDataFrame, ids: Sequence[Any], what: str) -> Any:
+    """The frame's polygons in EPSG:4326, refusing missing, non-polygonal and NaN ones."""
     geoms = gdf.geometry
     missing = [i for i, g in zip(ids, geoms, strict=True) if g is None or g.is_empty]
     if missing:
@@ -414,26 +517,14 @@ def _sites_from_frame(
             "xembed needs Polygon or MultiPolygon site boundaries (buffer points/lines into "
             "areas first)"
         )
+    # NaN/inf vertices are refused before GEOS sees them (reprojection, validity).
+    coords, rows = shapely.get_coordinates(np.asarray(geoms), return_index=True)
+    bad_rows = rows[~np.isfinite(coords).all(axis=1)]
+    if bad_rows.size:
+        row = int(bad_rows[0])
+        raise SiteError(f"{what}: site {ids[row]!r}: {nonfinite_coordinates(geoms.iloc[row])}")
     _check_lonlat(gdf, ids, what)
-    if not gdf.crs.equals("EPSG:4326"):
-        geoms = gdf.to_crs("EPSG:4326").geometry
-
-    years = gdf[year_col].tolist() if year_col is not None else [None] * len(gdf)
-    prop_cols = [
-        c
-        for c in columns
-        if c not in (id_col, year_col) and not isinstance(gdf[c].dtype, GeometryDtype)
-    ]
-    records = gdf[prop_cols].to_dict("records") if prop_cols else [{}] * len(gdf)
-    return [
-        Site(
-            id=site_id,
-            start_year=year,
-            geometry=geom,
-            properties={str(k): py_scalar(v) for k, v in rec.items()},
-        )
-        for site_id, year, geom, rec in zip(ids, years, geoms, records, strict=True)
-    ]
+    return geoms if gdf.crs.equals("EPSG:4326") else gdf.to_crs("EPSG:4326").geometry
 
 
 def _check_lonlat(gdf: gpd.GeoDataFrame, ids: Sequence[Any], what: str) -> None:
@@ -460,16 +551,6 @@ def _check_lonlat(gdf: gpd.GeoDataFrame, ids: Sequence[Any], what: str) -> None:
             f"{what} is declared {gdf.crs.to_string()} (lon/lat degrees) but "
             f"{name_ids(bad, 'has', 'have')} coordinates beyond ±180/±90: {fix}"
         )
-
-
-def _pick_id_column(columns: list[Hashable], id_field: str | None, what: str) -> Hashable | None:
-    if id_field is not None:
-        if id_field not in columns:
-            raise SiteError(
-                f"id_field {id_field!r} is not a column of {what}; available columns: {columns}"
-            )
-        return id_field
-    return next((c for c in ID_FIELDS if c in columns), None)
 
 
 def _normalise_ids(raw: Iterable[Any], column: Hashable | None, what: str) -> list[int | str]:
@@ -500,10 +581,5 @@ def _normalise_ids(raw: Iterable[Any], column: Hashable | None, what: str) -> li
             f"duplicate site ids {name_list(duplicated)} in {source}; ids must be unique: "
             "renumber or drop the duplicates, or pass id_field= to use another column"
         )
+    check_distinct_as_text(ids, f" in {source}")
     return ids
-
-
-# --------------------------------------------------------------------------- value cleaning
-
-
-# --------------------------------------------------------------------------- helpers

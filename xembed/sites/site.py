@@ -41,8 +41,9 @@ class Site:
     Raises
     ------
     SiteError
-        If the geometry is missing, empty, not polygonal, cannot be repaired
-        or is not in lon/lat range, or if the id or year is not usable.
+        If the geometry is missing, empty, not polygonal, has NaN or infinite
+        coordinates, cannot be repaired or is not in lon/lat range, or if the
+        id (e.g. one holding a NUL character) or year is not usable.
 
     Examples
     --------

@@ -9,6 +9,7 @@ xarray's ``backends/common.py``.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -73,25 +74,42 @@ INDEX_COLUMNS = (
 def normalize_years(years: int | Iterable[int]) -> tuple[int, ...]:
     """Years as a tuple of ints within the collection, each once.
 
+    Whole numbers of any numeric type are accepted (``2020.0``, numpy
+    integers); fractions, text and bytes are refused, never truncated.
+
     Examples
     --------
     >>> normalize_years(range(2018, 2021))
     (2018, 2019, 2020)
     >>> normalize_years(2020)
     (2020,)
+    >>> normalize_years([2020.5])
+    Traceback (most recent call last):
+    ...
+    ValueError: years [2020.5] hold 2020.5, which is not a whole number; years are integers, ...
     """
-    if isinstance(years, (int, np.integer)):
-        years = [int(years)]
+    fix = "years are integers, e.g. 2020, [2018, 2020] or range(2018, 2025)"
+    if isinstance(years, (str, bytes)):
+        raise ValueError(f"years {years!r} is a {type(years).__name__}, not a number; {fix}")
     try:
-        out = tuple(int(y) for y in years)
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"years must be an int, a range or an iterable of ints, got {years!r}"
-        ) from err
+        items: list[Any] = [years] if _is_number(years) else list(years)  # type: ignore[arg-type]
+    except TypeError as err:
+        raise ValueError(f"years {years!r} is a {type(years).__name__}; {fix}") from err
+    out: list[int] = []
+    for y in items:
+        shown = y.item() if isinstance(y, np.generic) else y  # 2019.5, not np.float64(2019.5)
+        if not _is_number(y):
+            kind = "bytes" if isinstance(y, bytes) else f"a {type(y).__name__}"
+            raise ValueError(
+                f"years {years!r} hold {shown!r}, which is {kind}, not a number; {fix}"
+            )
+        if not float(y).is_integer():
+            raise ValueError(f"years {years!r} hold {shown!r}, which is not a whole number; {fix}")
+        out.append(int(y))
     if not out:
         raise ValueError("years is empty; pass e.g. range(2018, 2025)")
     if len(set(out)) != len(out):
-        raise ValueError(f"years {list(out)} repeat a year; pass each year once")
+        raise ValueError(f"years {out} repeat a year; pass each year once")
     bad = [y for y in out if y < FIRST_YEAR or y > last_possible_year()]
     if bad:
         raise ValueError(
@@ -99,7 +117,12 @@ def normalize_years(years: int | Iterable[int]) -> tuple[int, ...]:
             f"cannot go past {last_possible_year()}; pass years from {FIRST_YEAR} on, e.g. "
             f"range({FIRST_YEAR}, {last_possible_year()})"
         )
-    return out
+    return tuple(out)
+
+
+def _is_number(value: Any) -> bool:
+    """A real number that is not a bool (``True`` is no year)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def normalize_chunks(
@@ -235,8 +258,12 @@ def site_request(
     *,
     buffer: float = 0.0,
     chunks: Mapping[str, int] | int | None = None,
+    id_field: str | None = None,
 ) -> SiteRequest:
     """Check the arguments every source takes and compute the site's grid.
+
+    ``where`` is anything :func:`xembed.sites.as_site` takes (``id_field``
+    picks the id column of a site file or frame).
 
     Raises
     ------
@@ -245,7 +272,7 @@ def site_request(
     xembed.errors.SiteError
         For a site xembed cannot grid (see :func:`xembed.grid.target_grid`).
     """
-    site = as_site(where)
+    site = as_site(where, id_field=id_field)
     years = normalize_years(years)
     spec = normalize_chunks(chunks)
     if buffer < 0:
@@ -273,6 +300,7 @@ def site_cube(
         request.years,
         site=request.site,
         clip=clip,
+        buffer=request.buffer,
         attrs={**attrs, "buffer_m": request.buffer},
     )
 
@@ -286,10 +314,14 @@ def build_cube(
     site: Site,
     clip: bool,
     attrs: Mapping[str, Any],
+    buffer: float = 0.0,
 ) -> xr.Dataset:
     """Wrap a lazy ``(year, band, y, x)`` array in the cube schema.
 
-    Every source calls this, so every source returns the same cube.
+    Every source calls this, so every source returns the same cube. With
+    ``clip``, pixels with no part inside ``geometry`` grown by ``buffer``
+    metres are masked (the context a buffer adds is kept); ``coverage`` is
+    always that of ``geometry`` itself.
 
     Raises
     ------
@@ -329,8 +361,12 @@ def build_cube(
         attrs={"long_name": "fraction of the pixel inside the site polygon", "units": "1"},
     )
     if clip:
+        keep = cov > 0
+        if buffer > 0:
+            grown = coverage_fraction(geometry.buffer(buffer), grid)
+            keep = xr.DataArray(grown > 0, dims=("y", "x"), coords=cov.coords)
         # Lazy: a dask `where` against an in-memory mask.
-        embeddings = embeddings.where(cov > 0)
+        embeddings = embeddings.where(keep)
     ds = xr.Dataset({"embeddings": embeddings, "coverage": cov})
     ds.attrs = {
         "title": "AlphaEarth Foundations satellite embeddings",

@@ -299,6 +299,7 @@ class _EarthEngineStack(CubeStack):
     site: Site
     grid: Grid
     token: str
+    server: str | None  # the Earth Engine API the cube was opened on (ee's base URL)
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
         return ("xembed._EarthEngineStack", self.token)
@@ -314,6 +315,7 @@ class _EarthEngineStack(CubeStack):
         out = np.empty((len(year_index), len(band_index), len(rows), len(cols)), np.float32)
         if out.size:
             years = [self.years[i] for i in year_index]
+            self._check_session(years)
             # Xee 0.1 ignores slice steps: read the span, then step client-side.
             spans = tuple(slice(r[0], r[-1] + 1) for r in (year_index, rows, cols))
             steps = tuple(slice(None, None, r.step) for r in (year_index, rows, cols))
@@ -334,6 +336,29 @@ class _EarthEngineStack(CubeStack):
                 raise
         return out.squeeze(axis=squeeze) if squeeze else out
 
+    def _check_session(self, years: list[int]) -> None:
+        """Refuse to read once ``ee`` no longer talks to the server the cube was opened on.
+
+        Xee would send the requests anyway: without a session they fail like
+        an overloaded server ("retry later"), and another server (another
+        fake) might answer with other data. Re-initialising ``ee`` on the same
+        server (``ee.Reset(); ee.Initialize(...)``) is fine.
+        """
+        state = _import_ee().data._get_state()
+        if state.initialized and state.cloud_api_base_url == self.server:
+            return
+        why = (
+            f"ee now talks to {state.cloud_api_base_url}, not {self.server}"
+            if state.initialized
+            else "ee was reset (ee.Reset()) or is not initialised in this process"
+        )
+        raise EarthEngineError(
+            f"the Earth Engine session the cube of {_describe(self.site, years)} was opened "
+            f"with has ended ({why}): compute the cube inside the block or session it was "
+            "opened in (e.g. ds.load() inside the `with fake_earthengine():` block), or open "
+            "it again in the current session"
+        )
+
     def _error(self, err: Exception, years: list[int], rows: range, cols: range) -> Exception:
         return EarthEngineError(
             f"Earth Engine failed to compute the embeddings of {_describe(self.site, years)} "
@@ -352,6 +377,7 @@ def open_embeddings_ee(
     buffer: float = 0.0,
     clip: bool = True,
     chunks: Mapping[str, int] | int | None = None,
+    id_field: str | None = None,
 ) -> xr.Dataset:
     """Open a site's embeddings from Earth Engine, through Xee, as a lazy cube.
 
@@ -364,8 +390,9 @@ def open_embeddings_ee(
 
     Parameters
     ----------
-    where : Site, shapely geometry or GeoJSON-like mapping
-        The site, in EPSG:4326 (lon/lat).
+    where : Site, shapely geometry, GeoJSON-like mapping, GeoDataFrame or path
+        The site, in EPSG:4326 (lon/lat), or a site file or frame holding
+        one site (see :func:`xembed.sites.as_site`).
     years : int or iterable of int
         Years to open (the collection starts in 2017).
     project : str, optional
@@ -378,12 +405,15 @@ def open_embeddings_ee(
     buffer : float
         Metres of context around the site's bounds.
     clip : bool
-        Mask (NaN) pixels with no part inside the polygon.
+        Mask (NaN) pixels with no part inside the polygon (grown by
+        ``buffer`` metres, so the context stays); ``coverage`` is the site's.
     chunks : mapping or int, optional
         Dask chunks, as for :func:`xembed.open_embeddings`. Each spatial chunk
         is requested as one ``computePixels`` per band carrying all years
         (split further only past the 48 MiB limit, see :func:`io_chunks_for`);
         bigger chunks mean fewer, larger requests.
+    id_field : str, optional
+        Column holding the site id, when ``where`` is a site file or frame.
 
     Returns
     -------
@@ -402,7 +432,10 @@ def open_embeddings_ee(
         ``earthengine authenticate``, or use ``source="cog"``), or a request
         still fails after the client's retries (HTTP 429/5xx are retried 5
         times with exponential back-off); the message names the site and
-        the years. Failures are never turned into NaN or zeros.
+        the years. Failures are never turned into NaN or zeros. Computing
+        the cube after the ``ee`` session it was opened in has ended (the
+        ``fake_earthengine()`` block is over, ``ee.Reset()``) says so,
+        before any request.
     DataNotFoundError
         If some year has no tile over the site.
     ValueError
@@ -417,7 +450,7 @@ def open_embeddings_ee(
     ...     ds.embeddings.dims, ds.sizes["year"]
     (('year', 'band', 'y', 'x'), 3)
     """
-    request = site_request(where, years, buffer=buffer, chunks=chunks)
+    request = site_request(where, years, buffer=buffer, chunks=chunks, id_field=id_field)
     ee = _import_ee()
     _ensure_initialized(ee, project)
     _widen_connection_pool(ee)
@@ -466,10 +499,9 @@ def _open_stack(ee: Any, request: SiteRequest) -> _EarthEngineStack:
             ) from err
         raise
     _check_opened(xee_ds, grid, years, site)
-    token = tokenize(
-        "ee", ee.data._get_state().cloud_api_base_url, site.id, site.geometry.wkb, grid, years
-    )
-    return _EarthEngineStack(xee_ds, years, site, grid, token)
+    server = ee.data._get_state().cloud_api_base_url
+    token = tokenize("ee", server, site.id, site.geometry.wkb, grid, years)
+    return _EarthEngineStack(xee_ds, years, site, grid, token, server)
 
 
 def _raise_if_years_empty(ee: Any, grid: Grid, years: tuple[int, ...], site: Site) -> None:
