@@ -18,73 +18,130 @@ HERE = Path(__file__).parent
 QUICKSTART = [
     (
         "md",
-        """# xembed quickstart
+        """# xembed quickstart: from your site file to files for GIS
 
-The original Earth Engine notebook's tutorial, replayed on the bundled sample
-(no account, no internet): load sites, extract yearly means, render years and
-band combinations, a strip and a GIF, and the similarity between years, done
-right. Change one argument (`source="ee"` or `source="cog"`) to run it on the
-real data.""",
+xembed reads Google's AlphaEarth satellite embeddings (64 numbers per 10 m
+pixel and year, 2017 onwards) for the places you care about, as lazy xarray
+cubes. This notebook goes the whole way once: a site file, the embeddings of
+the site, what changed between years, pictures, and an export you can open in
+QGIS or hand to a colleague.
+
+It runs on the **sample** that ships with xembed (a few km² of synthetic land
+in the real data's format), so it needs no account and no internet. For the
+real data, pass `source="cog"` (the public mirror, no account) or
+`source="ee"` (Earth Engine) to `open_embeddings`; nothing else changes.""",
+    ),
+    (
+        "md",
+        """## Your site
+
+Sites come from a GeoJSON, GeoPackage or shapefile of polygons, or a
+GeoDataFrame; an id column (here `site_id`) names each site, and an optional
+`start_year` column says when something started there (a restoration, a
+harvest). Here we write a one-field file on the sample's land; point
+`load_sites` at your own file instead.""",
     ),
     (
         "code",
-        """import xembed
+        """import json
+from pathlib import Path
 
-sites = xembed.demo_sites()  # or xembed.load_sites("my_sites.geojson")
-site = next(s for s in sites if s.id == 3107)
-print(site)""",
+import xembed
+
+my_sites = {
+    "type": "FeatureCollection",
+    "features": [{
+        "type": "Feature",
+        "properties": {"site_id": "north-field", "start_year": 2018},
+        "geometry": {"type": "Polygon", "coordinates": [[
+            [-48.01420, -22.61201], [-48.01119, -22.61219], [-48.01104, -22.60795],
+            [-48.01401, -22.60777], [-48.01420, -22.61201],
+        ]]},
+    }],
+}
+Path("outputs").mkdir(exist_ok=True)
+Path("outputs/my_sites.geojson").write_text(json.dumps(my_sites, indent=1))
+
+sites = xembed.load_sites("outputs/my_sites.geojson", id_field="site_id")
+site = sites[0]
+site""",
     ),
-    ("md", "## Yearly mean embeddings: the notebook's table"),
+    ("md", "## The embeddings of the site"),
     (
         "code",
-        """ds = xembed.open_embeddings(site, range(2020, 2024))  # lazy (year, band, y, x) cube
+        """ds = xembed.open_embeddings(site, range(2017, 2025))  # lazy: nothing is read yet
 ds""",
+    ),
+    (
+        "md",
+        """`embeddings(year, band, y, x)` holds the 64 bands `A00`..`A63` of every
+pixel, NaN outside the polygon; `coverage(y, x)` is the share of each pixel
+inside it. One row per year of coverage-weighted means:""",
     ),
     (
         "code",
         """df = ds.embed.to_frame()
 print(f"Shape: {df.shape}")
-df.head()""",
+df.iloc[:, :8].round(4)""",
     ),
     (
         "md",
-        """The notebook's own call works too (`extract_continuous`, also a method of the
-sites `xembed.compat.load_sites` returns), on whatever source
-`xembed.compat.use_source(...)` points at (the sample by default):""",
-    ),
-    (
-        "code",
-        """from xembed.compat import ALPHA_EMBEDDINGS, EMBEDDING_BANDS, extract_continuous
+        """## What changed between years
 
-same = extract_continuous(
-    site, ALPHA_EMBEDDINGS, start_date="2020-01-01", end_date="2023-12-31",
-    reducer="mean", frequency="yearly",
-)
-embedding_2023 = same[same["year"] == 2023][EMBEDDING_BANDS].values[0]
-print(f"2023 embedding shape: {embedding_2023.shape}")
-print("identical to to_frame():", same.equals(df))""",
+The cosine similarity of the yearly means: 1 means the site looked the same
+(the means are normalised first, so the diagonal is exactly 1;
+`normalize=False` gives the raw dot product of the means instead). The
+southern third of this field was cleared in 2021: the years before and after
+form two blocks.""",
     ),
-    ("md", "## Render years with the site boundary (500 m of context)"),
     (
         "code",
-        """years = range(2018, 2025)
-context = xembed.open_embeddings(site, years, buffer=500, clip=False)
-frames = xembed.render.frames(context.embed.rgb(), boundary=site, dimensions=300)
-xembed.render.save_strip(frames, "outputs/embedding_2018_2024.png")
-xembed.render.save_gif(frames, "outputs/embedding_2018_2024.gif", duration_ms=700)
-frames[-1]""",
+        """means = ds.embed.polygon_mean().compute()
+cosine = xembed.similarity_matrix(means)
+cosine.to_pandas().round(3)""",
+    ),
+    (
+        "code",
+        """xembed.render.plot_similarity_matrix(cosine, title="north-field: years compared")""",
+    ),
+    (
+        "md",
+        """Per pixel, against the site's `start_year` (2018): where the field
+changed, with the polygon drawn and the pixels that changed by more than 0.2
+outlined in cyan; then the changed area per year.""",
+    ),
+    (
+        "code",
+        """change = ds.embed.change()
+xembed.render.plot_change(change, 2021, boundary=site, threshold=0.2)""",
+    ),
+    ("code", """ds.embed.change_summary(threshold=0.2).round(3)"""),
+    (
+        "md",
+        """## Pictures: three bands as RGB, with 500 m of context
+
+`buffer=500, clip=False` widens the view around the site; the boundary is
+drawn on every frame. A strip and a GIF go to `outputs/`.""",
     ),
     (
         "code",
         """from IPython.display import Image
 
-Image("outputs/embedding_2018_2024.png")""",
+context = xembed.open_embeddings(site, range(2018, 2025), buffer=500, clip=False)
+frames = xembed.render.frames(context.embed.rgb(), boundary=site, dimensions=300)
+xembed.render.save_strip(frames, "outputs/north_field_2018_2024.png")
+xembed.render.save_gif(frames, "outputs/north_field_2018_2024.gif", duration_ms=700)
+Image("outputs/north_field_2018_2024.png")""",
     ),
-    ("md", "## Band combinations, and a PCA composite with colours comparable across years"),
+    (
+        "md",
+        """Other band combinations, and a PCA composite whose colours are comparable
+across years (one projection fitted on all of them):""",
+    ),
     (
         "code",
-        """combos = [(("A01", "A16", "A09"), "Default"), (("A00", "A32", "A63"), "Spread"),
-          (("A05", "A25", "A45"), "Alt")]
+        """combos = [(("A01", "A16", "A09"), "A01/A16/A09"), (("A00", "A32", "A63"), "A00/A32/A63"),
+          (("A05", "A25", "A45"), "A05/A25/A45")]
 last = context.sel(year=[2024])
 band_frames = [
     xembed.render.render(last.embed.rgb(bands), boundary=site, label=name, dimensions=300)
@@ -94,29 +151,60 @@ band_frames.append(
     xembed.render.frames(context.embed.pca_rgb(), boundary=site, dimensions=300,
                          label="PCA {year}")[-1]
 )
-xembed.render.save_strip(band_frames, "outputs/embedding_band_combos.png")
-Image("outputs/embedding_band_combos.png")""",
+xembed.render.save_strip(band_frames, "outputs/north_field_band_combos.png")
+Image("outputs/north_field_band_combos.png")""",
     ),
     (
         "md",
-        """## Similarity between years
+        """## Code that uses `extract_continuous`
 
-The original notebook computed `embeddings @ embeddings.T` on the yearly
-means. Means of unit vectors are shorter than 1, so that "similarity" had
-about 0.92 on its diagonal and mixed the site's heterogeneity into the
-comparison. `similarity_matrix()` normalises the means first (the cosine):
-the diagonal is exactly 1. `normalize=False` reproduces the old numbers.""",
+If you have scripts built on the Earth Engine AlphaEarth tutorial's
+functions (`extract_continuous`, `get_embedding_image`, `render_image`),
+`xembed.compat` provides them with the same arguments, on whatever source
+`xembed.compat.use_source(...)` selects (the sample by default):""",
     ),
     (
         "code",
-        """means = xembed.open_embeddings(site, years).embed.polygon_mean().compute()
-cosine = xembed.similarity_matrix(means)
-raw = xembed.similarity_matrix(means, normalize=False)
-print("diagonal, cosine:", cosine.values.diagonal().round(3))
-print("diagonal, raw dot product:", raw.values.diagonal().round(3))
-cosine.to_pandas().round(3)""",
+        """from xembed.compat import ALPHA_EMBEDDINGS, EMBEDDING_BANDS, extract_continuous
+
+same = extract_continuous(
+    site, ALPHA_EMBEDDINGS, start_date="2017-01-01", end_date="2024-12-31",
+    reducer="mean", frequency="yearly",
+)
+print(same[EMBEDDING_BANDS].shape, "identical to to_frame():", same.equals(df))""",
     ),
-    ("code", """xembed.render.plot_similarity_matrix(cosine)"""),
+    (
+        "md",
+        """## Export
+
+- **Zarr** (or NetCDF) for Python users: the whole cube, CRS and attributes
+  included; `xembed.open_cube` opens it back. `quantize=True` stores int8
+  (4x smaller) as the variable `embeddings_int8`; `zarr_format=2` makes a
+  store older GDAL/QGIS can read.
+- **Cloud-Optimized GeoTIFFs** for GIS: one float32 file per year, bands
+  described `A00`..`A63`, NaN as nodata, north up, with the CRS. Results
+  (change, similarity, RGB) export the same way.""",
+    ),
+    (
+        "code",
+        """zarr_path = ds.embed.to_zarr("outputs/north-field.zarr", mode="w")
+tif_folder = ds.embed.to_geotiff("outputs/north-field-cogs", mode="w")
+change_tif = change.embed.to_geotiff("outputs/north-field-change-2021.tif", year=2021, mode="w")
+print(sorted(p.name for p in tif_folder.iterdir()))
+
+back = xembed.open_cube(zarr_path)
+print("Zarr round trip identical:", back.identical(ds))""",
+    ),
+    (
+        "code",
+        """import rasterio
+
+with rasterio.open(tif_folder / "embeddings_2024.tif") as src:
+    print(src.count, "bands", src.dtypes[0], src.crs, "nodata", src.nodata)
+    print("descriptions", src.descriptions[:3], "...", src.descriptions[-1])
+    print("north up:", src.transform.e < 0, "| site", src.tags()["site_id"],
+          "| year", src.tags()["year"])""",
+    ),
 ]
 
 CHANGE = [
@@ -165,13 +253,13 @@ xembed.render.plot_similarity_matrix(pairs, title="Mean per-pixel cosine inside 
         """## Similarity search
 
 Which pixels in 2024 look like the restored forest? Query with the polygon's
-own 2024 mean and map the cosine.""",
+own 2024 mean and map the cosine of every pixel with it (bright = similar).
+`threshold=0.9` would outline the pixels above 0.9.""",
     ),
     (
         "code",
         """hits = ds.embed.search(site.geometry, year=2024)
-xembed.render.plot_change(1 - hits, 2024, boundary=site,
-                          title="1 - cosine with the site's 2024 mean (dark = similar)")""",
+xembed.render.plot_search(hits, 2024, boundary=site)""",
     ),
 ]
 
@@ -226,7 +314,8 @@ its int8 quantisation).""",
         """import numpy as np
 
 cog_means = xembed.open_embeddings(site, range(2018, 2025)).embed.to_frame()
-print("max abs difference:", float(np.abs(ee_means.iloc[:, 2:] - cog_means.iloc[:, 2:]).max().max()))
+bands = list(xembed.BANDS)
+print("max abs difference:", float(np.abs(ee_means[bands] - cog_means[bands]).max().max()))
 xembed.similarity_matrix(xembed.open_embeddings(site, range(2018, 2025))).to_pandas().round(3)""",
     ),
 ]
@@ -279,11 +368,250 @@ cluster.close()""",
     ),
 ]
 
+CLASSIFICATION = [
+    (
+        "md",
+        """# Land cover from a handful of labels
+
+Embeddings make supervised mapping cheap: label a few points per class, fit
+any scikit-learn model on their 64 numbers, and map every pixel of every
+year. This notebook labels 20 points per land-cover class, classifies
+2017-2024, measures the maps against the truth and with spatial
+cross-validation, turns them into areas, follows restoration sites from
+pasture to forest, and ends with a regression (tree cover).
+
+The sample's generator knows the land cover it made every pixel from
+(`xembed.sources.sample.landcover` and `tree_cover`): here it stands in for
+your field visits, and tells how good the maps really are. Needs
+`pip install "xembed[ml,viz]"`.""",
+    ),
+    (
+        "code",
+        """import geopandas as gpd
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import shapely
+from matplotlib.colors import ListedColormap
+
+import xembed
+from xembed.sources.sample import CLASS_NAMES, landcover, tree_cover
+
+YEARS = range(2017, 2025)
+area = shapely.box(-48.0175, -22.628, -47.9822, -22.596)  # the south of the sample
+cube = xembed.open_embeddings(area, YEARS, clip=False).persist()  # ~280 MB: read once
+truth = landcover(cube)  # (year, y, x) true classes at the cube's pixels
+print(dict(cube.embeddings.sizes), "| classes:", ", ".join(CLASS_NAMES))""",
+    ),
+    (
+        "md",
+        """## 20 labelled points per class
+
+In 2021 every class is on the map (the deforestation is bare that year). We
+pick 20 random pixels of each class there, as someone labelling points on
+imagery would; with your own data this is a GeoJSON of points with a class
+column (`gpd.read_file("labels.geojson")`).""",
+    ),
+    (
+        "code",
+        """rng = np.random.default_rng(0)
+t2021 = truth.sel(year=2021).values
+has_data = cube.embeddings.sel(year=2021, band="A00").notnull().values
+points, labels = [], []
+for code, name in enumerate(CLASS_NAMES):
+    rows, cols = np.nonzero((t2021 == code) & has_data)
+    for i in rng.choice(rows.size, 20, replace=False):
+        points.append(shapely.Point(cube.x.values[cols[i]], cube.y.values[rows[i]]))
+        labels.append(name)
+training = gpd.GeoDataFrame({"cover": labels}, geometry=points, crs=cube.rio.crs).to_crs(4326)
+training.value_counts("cover")""",
+    ),
+    (
+        "md",
+        """## Classify every year
+
+`classify` samples the points from the 2021 embeddings (`years=[2021]`),
+fits a 3-nearest-neighbour classifier (pass `model=` for any other) and
+predicts every pixel of every year, chunk by chunk. The result holds class
+codes with CF `flag_meanings`; the fitted model and the training table ride
+along in `attrs`.""",
+    ),
+    (
+        "code",
+        """classes = cube.embed.classify(training, "cover", years=[2021]).compute()
+model, table = classes.attrs["model"], classes.attrs["training"]
+print(model, "|", classes.attrs["flag_meanings"])
+table.iloc[:3, :7]""",
+    ),
+    (
+        "md",
+        """## How good is it?
+
+Against the true map, pixel by pixel (the pixels with data):""",
+    ),
+    (
+        "code",
+        """names = classes.attrs["flag_meanings"].split()
+to_truth = np.array([CLASS_NAMES.index(n) for n in names])  # model code -> truth code
+valid = classes.values >= 0
+predicted = to_truth[np.where(valid, classes.values, 0)]
+right = (predicted == truth.values) & valid
+accuracy = pd.Series(right.sum(axis=(1, 2)) / valid.sum(axis=(1, 2)), index=list(YEARS))
+print(f"accuracy against the truth, all years: {right.sum() / valid.sum():.3f}")
+accuracy.round(3).to_frame("accuracy").T""",
+    ),
+    (
+        "md",
+        """Without a truth map you estimate accuracy by cross-validation on the
+labels. Neighbouring pixels look alike, so a random split flatters the
+model; `xembed.assess` makes its folds of 500 m blocks instead (default
+`cv="spatial"`), so no block is on both sides of a split.""",
+    ),
+    (
+        "code",
+        """labelled = table[table["year"] == 2021]
+spatial = xembed.assess(model, labelled, "cover", cv="spatial", block_size=500)
+shuffled = xembed.assess(model, labelled, "cover", cv="random")
+print(f"spatial CV accuracy {spatial['accuracy']:.3f} (kappa {spatial['kappa']:.3f}) | "
+      f"random CV {shuffled['accuracy']:.3f} | "
+      f"against the truth map {right.sum() / valid.sum():.3f}")
+spatial.confusion""",
+    ),
+    (
+        "md",
+        """Here both estimates say 1.000 while the map scores 0.993 against the
+truth: the sample's classes are far apart, the 120 labelled pixels lie
+inside fields, and the map's errors sit on field edges, where a pixel mixes
+two fields. Cross-validation can only measure the labels you have: label
+edges and transitions too if the map must be right there. Where classes
+overlap and labels cluster (many pixels of a few polygons), the random
+estimate is the one that runs high, and spatial blocks keep it honest.""",
+    ),
+    (
+        "md",
+        """## Class maps, year by year
+
+White: no data (outside the sample's files, and the 2019 gap). The speckle
+in the north-west in 2020 is site 3110 half-way through its regrowth,
+neither pasture nor forest yet; the errors of 2021 sit on field edges, where
+a pixel mixes two fields.""",
+    ),
+    (
+        "code",
+        """colours = ListedColormap(
+    ["#1b7837", "#d9ef8b", "#fdae61", "#4575b4", "#762a83", "#8c510a"]  # in CLASS_NAMES order
+)
+fig, axes = plt.subplots(2, 5, figsize=(16, 6.6), constrained_layout=True)
+extent = [float(cube.x[0]) - 5, float(cube.x[-1]) + 5, float(cube.y[-1]) - 5, float(cube.y[0]) + 5]
+maps = [(str(y), np.where(valid[i], predicted[i], np.nan)) for i, y in enumerate(YEARS)]
+maps += [("truth 2021", np.where(valid[4], truth.sel(year=2021).values, np.nan)),
+         ("errors 2021 (black)", np.where(valid[4], ~right[4], np.nan))]
+for ax, (title, image) in zip(axes.flat, maps):
+    is_error = title.startswith("errors")
+    ax.imshow(image, extent=extent, interpolation="nearest",
+              cmap="Greys" if is_error else colours, vmin=0, vmax=1 if is_error else 5)
+    ax.set_title(title)
+    ax.set_axis_off()
+handles = [plt.Rectangle((0, 0), 1, 1, color=colours(i)) for i in range(6)]
+fig.legend(handles, CLASS_NAMES, loc="lower center", ncol=6, bbox_to_anchor=(0.5, -0.05))
+fig.savefig("outputs/classes.png", dpi=80, bbox_inches="tight")""",
+    ),
+    (
+        "md",
+        """## Areas
+
+`class_area` weighs every pixel by its share of the area (here the box, all
+1) and adds up hectares per class and year; each year sums to the area with
+data (the 2019 gap is missing).""",
+    ),
+    (
+        "code",
+        """areas = cube.embed.class_area(classes)
+areas.pivot(index="year", columns="class", values="ha")[names].round(1)""",
+    ),
+    (
+        "md",
+        """## Restoration sites: pasture to forest
+
+The fitted model applies to any cube with the same bands. For each demo
+site: the forest share of its area per year, and the first year forest
+covers most of it, beside its `start_year` (the truth: pasture until the
+second year after the start).""",
+    ),
+    (
+        "code",
+        """rows = []
+for site in xembed.demo_sites():
+    site_cube = xembed.open_embeddings(site, YEARS)
+    shares = site_cube.embed.class_area(site_cube.embed.predict(model))
+    forest = shares[shares["class"] == "forest"].set_index("year")["fraction"]
+    true_forest = (landcover(site_cube) == 0).weighted(site_cube.coverage).mean(["y", "x"])
+    first = forest.index[forest > 0.5].min() if (forest > 0.5).any() else None
+    true_first = next((y for y, f in zip(YEARS, true_forest.values) if f > 0.5), None)
+    rows.append({"site": site.id, "start_year": site.start_year, "forest from": first,
+                 "truth: forest from": true_first, **forest.round(2).to_dict()})
+years_columns = ["start_year", "forest from", "truth: forest from"]
+sites = pd.DataFrame(rows).set_index("site").astype({c: "Int64" for c in years_columns})
+sites""",
+    ),
+    (
+        "code",
+        """turned = sites[(sites[2017] < 0.5) & (sites[2024] > 0.5)]
+print("turned from pasture to forest after their start year:",
+      ", ".join(f"{i} (start {r.start_year}, forest from {r['forest from']})"
+                for i, r in turned.iterrows()))""",
+    ),
+    (
+        "md",
+        """## A regression: tree cover
+
+The same tools fit continuous targets. The sample knows each pixel's tree
+cover (1 in forest, 0 in pasture, in between while a site regrows). Take 300
+random points, their embeddings in every year and the tree cover there,
+fit a 5-nearest-neighbour regressor, check it with spatial CV, then map a
+restoration site's regrowth.""",
+    ),
+    (
+        "code",
+        """from sklearn.neighbors import KNeighborsRegressor
+
+rows, cols = np.nonzero(cube.embeddings.isel(band=0).notnull().values.all(axis=0))
+pick = rng.choice(rows.size, 300, replace=False)
+spots = gpd.GeoDataFrame(geometry=gpd.points_from_xy(cube.x.values[cols[pick]],
+                                                      cube.y.values[rows[pick]]), crs=cube.rio.crs)
+samples = cube.embed.sample(spots)  # 300 points x 8 years
+cover = tree_cover(cube)
+samples["tree_cover"] = cover.values[samples["year"] - 2017, np.repeat(rows[pick], 8),
+                                     np.repeat(cols[pick], 8)]
+regressor = KNeighborsRegressor(5)
+for cv in ("spatial", "random"):
+    print(xembed.assess(regressor, samples, "tree_cover", cv=cv))
+_ = regressor.fit(samples[list(xembed.BANDS)].to_numpy(), samples["tree_cover"].to_numpy())""",
+    ),
+    (
+        "code",
+        """site = next(s for s in xembed.demo_sites() if s.id == 3110)  # restoration from 2019
+site_cube = xembed.open_embeddings(site, YEARS)
+estimate = site_cube.embed.predict(regressor).compute()
+true_cover = tree_cover(site_cube)
+inside = site_cube.coverage
+print(pd.DataFrame({"predicted": estimate.weighted(inside).mean(["y", "x"]).values,
+                    "true": true_cover.weighted(inside).mean(["y", "x"]).values},
+                   index=list(YEARS)).round(2).T)
+grid = estimate.sel(year=[2019, 2020, 2021, 2022]).plot(col="year", cmap="YlGn", vmin=0,
+                                                        vmax=1, size=3)
+for ax in grid.axs.flat:
+    ax.set_axis_off()
+grid.fig.savefig("outputs/tree_cover_3110.png", dpi=80)""",
+    ),
+]
+
 NOTEBOOKS = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_change_detection.ipynb": CHANGE,
     "03_earth_engine.ipynb": EARTH_ENGINE,
     "04_scale.ipynb": SCALE,
+    "05_classification.ipynb": CLASSIFICATION,
 }
 
 

@@ -42,23 +42,19 @@ def per_site_loop(sites, years, *, float64=False, reducer="mean"):
 
 
 class ReadLog:
-    """Wraps cog._read_tile: records (file, window rows, window cols) of every read."""
+    """Wraps cog._read_blocks: records (file, window rows, window cols) of every read."""
 
     def __init__(self, monkeypatch):
         self.reads: list[tuple[str, int, int, int, int]] = []
         self._lock = threading.Lock()
-        real = cog._read_tile
+        real = cog._read_blocks
 
-        def logged(tile, band_index, src_rows, src_cols):
-            out = real(tile, band_index, src_rows, src_cols)
-            if out is not None:
-                r = src_rows[(src_rows >= 0) & (src_rows < tile.height)]
-                c = src_cols[(src_cols >= 0) & (src_cols < tile.width)]
-                with self._lock:
-                    self.reads.append((tile.href, r.min(), r.max(), c.min(), c.max()))
-            return out
+        def logged(wants, bands, cache):
+            with self._lock:
+                self.reads += [(t.href, r0, r1 - 1, c0, c1 - 1) for t, (r0, r1, c0, c1) in wants]
+            return real(wants, bands, cache)
 
-        monkeypatch.setattr(cog, "_read_tile", logged)
+        monkeypatch.setattr(cog, "_read_blocks", logged)
 
     def clear(self):
         self.reads.clear()
@@ -69,14 +65,16 @@ class ReadLog:
 
 @pytest.fixture(scope="module")
 def demo_table(demo_sites):
-    return extract(demo_sites, YEARS, progress=False)
+    # site 3106 lies partly in the 2019 nodata gap: named, with its valid fraction
+    with pytest.warns(xembed.CoverageWarning, match=r"site 3106 in 2019: valid_fraction 0\.620"):
+        return extract(demo_sites, YEARS, progress=False)
 
 
 def test_extract_equals_the_per_site_loop(demo_sites, demo_table):
     table = demo_table
-    assert list(table.columns) == ["site_id", "year", "stat", *BANDS]
+    assert list(table.columns) == ["site_id", "year", "stat", "valid_fraction", "valid_ha", *BANDS]
     assert table.dtypes["site_id"] == np.int64 and table.dtypes["year"] == np.int64
-    assert (table.dtypes[list(BANDS)] == np.float64).all()
+    assert (table.dtypes[["valid_fraction", "valid_ha", *BANDS]] == np.float64).all()
     # one row per site and year, sites in input order, years as given
     assert table["site_id"].tolist() == [s.id for s in demo_sites for _ in YEARS]
     assert table["year"].tolist() == list(YEARS) * len(demo_sites)
@@ -89,13 +87,17 @@ def test_extract_equals_the_per_site_loop(demo_sites, demo_table):
     np.testing.assert_allclose(got[:2], per_site_loop(demo_sites[:2], YEARS), atol=1e-5)
     # site 3106 lies partly in the 2019 nodata gap: still a finite mean
     assert np.isfinite(got).all()
+    partial = (table["site_id"] == 3106) & (table["year"] == 2019)
+    assert (table.loc[~partial, "valid_fraction"] == 1.0).all()
+    assert table.loc[partial, "valid_fraction"].round(3).tolist() == [0.62]
 
 
 def test_every_statistic_equals_polygon_mean(demo_sites):
     sites = [s for s in demo_sites if s.id in (3103, 3104, 3106)]  # zone edge, multipolygon, gap
     years = (2019, 2020)
     stats = ("mean", "median", "std", "min", "max", "count")
-    table = extract(sites, years, stats=stats, progress=False)
+    with pytest.warns(xembed.CoverageWarning, match=r"^1 site-year .* site 3106 in 2019"):
+        table = extract(sites, years, stats=stats, progress=False)
     assert table["stat"].tolist() == list(stats) * len(years) * len(sites)
     for stat in stats:
         got = table[table["stat"] == stat][list(BANDS)].to_numpy().reshape(len(sites), 2, 64)
@@ -103,6 +105,8 @@ def test_every_statistic_equals_polygon_mean(demo_sites):
         np.testing.assert_allclose(got, expected, atol=1e-6, err_msg=stat)
     counts = table[table["stat"] == "count"][list(BANDS)].to_numpy()
     assert (counts == counts[:, :1]).all()  # the area with data: the same in every band
+    # every statistic's row carries the same coverage; valid_ha is count in hectares
+    np.testing.assert_allclose(table["valid_ha"], np.repeat(counts[:, 0] / 100, len(stats)))
 
 
 def test_inputs_paths_geodataframes_and_geometries(demo_sites, demo_table):
@@ -132,6 +136,26 @@ def test_bad_arguments_are_named(demo_sites, kwargs, error, message):
     args = {"sites": demo_sites[:1], "years": [2020], **kwargs}
     with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
         extract(args.pop("sites"), args.pop("years"), progress=False, **args)
+
+
+def test_id_field_is_passed_to_load_sites(demo_sites, demo_table, tmp_path):
+    # Issue 12, item 2: a file or frame keyed by another column keeps its ids
+    import geopandas as gpd
+
+    frame = gpd.GeoDataFrame(
+        {"plot_id": ["P1", "P2"]}, geometry=[s.geometry for s in demo_sites[:2]], crs=4326
+    )
+    path = tmp_path / "plots.geojson"
+    frame.to_file(path, driver="GeoJSON")
+    expected = demo_table[(demo_table["year"] == 2020) & demo_table["site_id"].isin([3101, 3102])]
+    for sites in (path, str(path), frame, frame.__geo_interface__):
+        table = extract(sites, [2020], id_field="plot_id", progress=False)
+        assert table["site_id"].tolist() == ["P1", "P2"], type(sites)
+        np.testing.assert_allclose(table[list(BANDS)], expected[list(BANDS)], atol=1e-14)
+    with pytest.raises(xembed.SiteError, match="'nope'"):
+        extract(path, [2020], id_field="nope", progress=False)
+    with pytest.raises(ValueError, match="id_field='plot_id' picks the id column of a site file"):
+        extract(demo_sites[:2], [2020], id_field="plot_id", progress=False)
 
 
 def test_duplicate_ids_are_refused(demo_sites):
@@ -173,7 +197,7 @@ def test_sites_that_share_files_share_reads(monkeypatch):
 
 def test_demo_sites_read_each_window_once(demo_sites, monkeypatch):
     log = ReadLog(monkeypatch)
-    extract(demo_sites, YEARS, progress=False)
+    extract(demo_sites, YEARS, progress=False, min_valid=0)
     assert len(set(log.reads)) == len(log.reads) > 0
 
 
@@ -195,7 +219,7 @@ def test_chunks_under_no_site_are_never_read(monkeypatch):
     src = xembed.cube.resolve_source("sample", years=(2020,))
     lazy = batch.run._lazy_group(group, src, (2020,), ("mean",), 16)
     log = ReadLog(monkeypatch)
-    (means,) = lazy.compute()
+    means, *_ = lazy.compute()
     assert 2 <= len(log.reads) <= 16  # each plot: at most 2 x 2 chunks of 2 files
     np.testing.assert_allclose(means[:, 0], per_site_loop(sites, [2020], float64=True)[:, 0])
 
@@ -209,7 +233,7 @@ def test_planning_reads_nothing_and_computes_nothing(demo_sites, monkeypatch):
         demo_sites, lattice=lambda crs: batch.mirror_lattice(str(src.root), crs)
     )
     assert not failed
-    monkeypatch.setattr(cog, "_read_tile", refuse)
+    monkeypatch.setattr(cog, "_read_blocks", refuse)
     with raise_if_dask_computes():
         lazy = [batch.run._lazy_group(g, src, (2019, 2020), ("mean", "std"), None) for g in groups]
     assert len(lazy) == len(groups)
@@ -241,14 +265,14 @@ def test_a_read_that_keeps_failing_fails_only_its_sites(demo_sites, monkeypatch)
         s.id for s in demo_sites if bad in {t.href for t in _plan(s, years)[0]}
     }  # fmt: skip
     assert 0 < len(touching) < len(demo_sites)
-    real = cog._read_tile
+    real = cog._read_blocks
 
-    def flaky(tile, *args):
-        if tile.href == bad:
-            raise OSError(f"could not read {tile.href!r}: HTTP 503 (gave up retrying)")
-        return real(tile, *args)
+    def flaky(wants, *args):
+        if any(tile.href == bad for tile, _ in wants):
+            raise OSError(f"could not read {bad!r}: HTTP 503 (gave up retrying)")
+        return real(wants, *args)
 
-    monkeypatch.setattr(cog, "_read_tile", flaky)
+    monkeypatch.setattr(cog, "_read_blocks", flaky)
     with pytest.warns(UserWarning, match=f"{len(touching)} of 10 sites failed"):
         table = extract(demo_sites, years, progress=False)
     errors = table.attrs["errors"]
@@ -256,7 +280,7 @@ def test_a_read_that_keeps_failing_fails_only_its_sites(demo_sites, monkeypatch)
     assert errors["error"].str.contains("OSError: could not read").all()
     good = [s for s in demo_sites if s.id not in touching]
     assert table["site_id"].tolist() == [s.id for s in good]
-    monkeypatch.setattr(cog, "_read_tile", real)
+    monkeypatch.setattr(cog, "_read_blocks", real)
     np.testing.assert_allclose(
         table[list(BANDS)].to_numpy(), per_site_loop(good, years, float64=True)[:, 0]
     )
@@ -292,7 +316,9 @@ def test_a_missing_year_fails_that_year_only(holey_mirror):
     east = xembed.Site("east", None, shapely.box(BOUNDARY_LON + 0.001, LAT, BOUNDARY_LON + 0.002,
                                                  LAT + 0.001))  # fmt: skip
     with pytest.warns(UserWarning, match=r"1 of 2 sites failed \(0 entirely"):
-        table = extract([west, east], [2019, 2020], source=holey_mirror, progress=False)
+        table = extract(
+            [west, east], [2019, 2020], source=holey_mirror, progress=False, min_valid=0
+        )
     errors = table.attrs["errors"]
     assert errors[["site_id", "year"]].values.tolist() == [["east", 2020]]
     assert "no embedding files" in errors["error"].iloc[0]
@@ -313,7 +339,7 @@ def _parts(store: Path) -> list[Path]:
 
 def test_store_commits_and_a_rerun_reads_nothing(demo_sites, demo_table, tmp_path, monkeypatch):
     store = tmp_path / "store"
-    first = extract(demo_sites, YEARS, store=store, progress=False)
+    first = extract(demo_sites, YEARS, store=store, progress=False, min_valid=0)
     pd.testing.assert_frame_equal(first, demo_table, check_exact=True)
     n_groups = len(batch.group_sites(demo_sites)[0])
     assert 1 < len(_parts(store)) <= n_groups
@@ -322,7 +348,7 @@ def test_store_commits_and_a_rerun_reads_nothing(demo_sites, demo_table, tmp_pat
     # pandas/pyarrow read the folder as one dataset (hidden and _ files ignored)
     assert len(pd.read_parquet(store)) == len(demo_table)
     log = ReadLog(monkeypatch)
-    again = extract(demo_sites, YEARS, store=store, progress=False)
+    again = extract(demo_sites, YEARS, store=store, progress=False, min_valid=0)
     assert log.reads == []
     pd.testing.assert_frame_equal(again, demo_table, check_exact=True)
 
@@ -334,6 +360,15 @@ def test_store_refuses_other_arguments(demo_sites, tmp_path):
         extract(demo_sites[:1], [2021], store=store, progress=False)
     with pytest.raises(ValueError, match="stats"):
         extract(demo_sites[:1], [2020], stats="std", store=store, progress=False)
+
+
+def test_store_of_an_older_format_is_refused(demo_sites, tmp_path):
+    # format 2 parts carry valid_fraction and valid_ha: never mix them with format 1
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "_xembed_extract.json").write_text('{"format": 1}')
+    with pytest.raises(ValueError, match="has layout format 1; this xembed writes format 2"):
+        extract(demo_sites[:1], [2020], store=store, progress=False)
 
 
 def test_interrupt_then_resume_gives_the_identical_table(demo_sites, demo_table, tmp_path,
@@ -353,7 +388,7 @@ def test_interrupt_then_resume_gives_the_identical_table(demo_sites, demo_table,
 
     monkeypatch.setattr(batch.store.Store, "commit", commit_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        extract(demo_sites, YEARS, store=store, progress=False)
+        extract(demo_sites, YEARS, store=store, progress=False, min_valid=0)
     monkeypatch.setattr(batch.store.Store, "commit", real_commit)
     assert len(_parts(store)) == 2
     done = set(pd.read_parquet(store)["site_id"])
@@ -364,7 +399,7 @@ def test_interrupt_then_resume_gives_the_identical_table(demo_sites, demo_table,
     monkeypatch.setattr(
         batch.run, "_lazy_group", lambda g, *a: computed.append(g) or real_lazy(g, *a)
     )
-    resumed = extract(demo_sites, YEARS, store=store, progress=False)
+    resumed = extract(demo_sites, YEARS, store=store, progress=False, min_valid=0)
     pd.testing.assert_frame_equal(resumed, demo_table, check_exact=True)
     assert not {m.site.id for g in computed for m in g.members} & done  # finished: skipped
 
@@ -385,7 +420,9 @@ def slow_commit(self, frame):
     return path
 
 batch.store.Store.commit = slow_commit
-batch.extract(xembed.demo_sites(), range(2017, 2025), store=sys.argv[1], progress=False)
+batch.extract(
+    xembed.demo_sites(), range(2017, 2025), store=sys.argv[1], progress=False, min_valid=0
+)
 """
 
 
@@ -408,7 +445,7 @@ def test_kill_mid_run_then_resume_gives_the_identical_table(demo_sites, demo_tab
     assert child.returncode == -signal.SIGKILL, stderr
     n_groups = len(batch.group_sites(demo_sites)[0])
     assert 1 <= len(_parts(store)) < n_groups  # killed mid-run
-    resumed = extract(demo_sites, YEARS, store=store, progress=False)
+    resumed = extract(demo_sites, YEARS, store=store, progress=False, min_valid=0)
     pd.testing.assert_frame_equal(resumed, demo_table, check_exact=True)
 
 

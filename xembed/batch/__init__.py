@@ -27,9 +27,14 @@ group is committed (``store=``) before the next results are awaited.
 
 The table
 ---------
-One row per site, year and statistic: ``site_id, year, stat, A00..A63``,
-float64, sorted by the sites' input order, then the years in the order
-given, then ``stats`` in the order given. Every statistic, ``"count"``
+One row per site, year and statistic: ``site_id, year, stat,
+valid_fraction, valid_ha, A00..A63``, float64, sorted by the sites' input
+order, then the years in the order given, then ``stats`` in the order
+given. ``valid_fraction`` (0..1) and ``valid_ha`` say how much of the site
+has data that year (:func:`xembed.ops.polygon_mean`'s coordinates, from the
+same pass); site-years below ``min_valid`` are named in one
+:class:`xembed.CoverageWarning`, and a site-year without a single valid
+pixel is a failure (``attrs["errors"]``, no row). Every statistic, ``"count"``
 included, fills the 64 band columns: ``"count"`` is the area with data in
 pixels (sum of coverage), the same in every band because the mirror marks
 missing data in all bands at once; it is kept per band so that the table
@@ -63,6 +68,7 @@ groups, :mod:`~xembed.batch.store` commits them, :mod:`~xembed.batch.table`
 puts the table and its errors together.
 """
 
+from xembed.batch.areas import class_areas
 from xembed.batch.plan import (
     GROUP_CELL,
     MAX_GROUP_CELLS,
@@ -73,6 +79,7 @@ from xembed.batch.plan import (
     mirror_lattice,
 )
 from xembed.batch.run import extract
+from xembed.batch.sample import sample
 from xembed.batch.store import STORE_FORMAT
 
 __all__ = [
@@ -82,7 +89,9 @@ __all__ = [
     "STORE_FORMAT",
     "Group",
     "Lattice",
+    "class_areas",
     "extract",
     "group_sites",
     "mirror_lattice",
+    "sample",
 ]

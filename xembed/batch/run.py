@@ -34,12 +34,20 @@ from xembed.batch.table import (
 from xembed.cube import Source, open_embeddings, resolve_source
 from xembed.errors import DataNotFoundError
 from xembed.grid import coverage_fraction
-from xembed.ops import REDUCERS, Reducer, polygon_mean, zonal_mean
+from xembed.ops import REDUCERS, Reducer, check_coverage, polygon_mean, zonal_mean
+from xembed.ops.reduce import COVERAGE_COLUMNS, MIN_VALID, check_min_valid
 from xembed.schema import BANDS
-from xembed.sites import Site, as_sites
+from xembed.sites import Site, as_sites, check_distinct_as_text, load_sites
 from xembed.sources.common import chunk_sizes, lazy_array, normalize_chunks, normalize_years
 
-__all__ = ["extract"]
+__all__ = [
+    "active_client",
+    "extract",
+    "mirror_cube",
+    "progress_bar",
+    "site_cube",
+    "site_list_of",
+]
 
 _GROUPS_PER_WORKER = 2  # groups in flight per dask worker thread/process
 
@@ -59,6 +67,8 @@ def extract(
     client: Any = None,
     progress: bool = True,
     chunks: Mapping[str, int] | int | None = None,
+    id_field: str | None = None,
+    min_valid: float = MIN_VALID,
 ) -> pd.DataFrame:
     """Yearly statistics of any number of sites, as one tidy table.
 
@@ -74,6 +84,9 @@ def extract(
     sites : list of Site, shapely geometries or GeoJSON Features, GeoDataFrame or path
         The sites in EPSG:4326 (or a site file :func:`xembed.load_sites`
         reads). Ids come from the sites (bare geometries: their position).
+    id_field : str, optional
+        For a site file, GeoDataFrame or FeatureCollection: the column
+        holding the site ids (passed to :func:`xembed.load_sites`).
     years : int or iterable of int
         Years to extract, e.g. ``range(2018, 2025)``.
     source, root, project
@@ -96,17 +109,23 @@ def extract(
     chunks : mapping or int, optional
         Chunks of the cubes read, as for :func:`xembed.open_embeddings`
         (default: all years and bands, 256 x 256 pixels).
+    min_valid : float, default 0.9
+        Warn (:class:`xembed.CoverageWarning`, once, listing them) about
+        site-years whose ``valid_fraction`` is below this; ``0`` never warns.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``site_id, year, stat, A00..A63`` (float64), one row per
-        site, year and statistic, sorted by input site order, then ``years``
-        and ``stats`` as given. ``attrs["errors"]`` is a DataFrame
+        Columns ``site_id, year, stat, valid_fraction, valid_ha, A00..A63``
+        (float64), one row per site, year and statistic, sorted by input
+        site order, then ``years`` and ``stats`` as given.
+        ``valid_fraction`` is the coverage-weighted share of the site's area
+        with data (0..1) that the row's numbers stand on, ``valid_ha`` that
+        area in hectares. ``attrs["errors"]`` is a DataFrame
         ``site_id, year, error`` of failures (``year`` is ``<NA>`` when the
         whole site failed); failed site-years have no rows, the other sites
-        are complete. A site-year whose files hold only nodata under the site
-        gives NaN (``count`` 0), as ``polygon_mean`` does.
+        are complete. A site-year without a single valid pixel under the
+        site (no file there, or only nodata) is a failure.
 
     Raises
     ------
@@ -120,21 +139,26 @@ def extract(
     -----
     UserWarning
         Summarising the failures, if any site or year failed.
+    xembed.CoverageWarning
+        Naming the site-years whose valid fraction is below ``min_valid``.
 
     Examples
     --------
     >>> import xembed
     >>> table = extract(xembed.demo_sites()[:3], [2020, 2021], progress=False)
     >>> table.shape
-    (6, 67)
+    (6, 69)
+    >>> table["valid_fraction"].tolist()
+    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     >>> table[["site_id", "year", "stat"]].head(3).to_dict("list")
     {'site_id': [3101, 3101, 3102], 'year': [2020, 2021, 2020], 'stat': ['mean', 'mean', 'mean']}
     >>> table.attrs["errors"].empty
     True
     """
-    site_list = _as_sites(sites)
+    site_list = site_list_of(sites, id_field)
     years = normalize_years(years)
     stats = _normalize_stats(stats)
+    min_valid = check_min_valid(min_valid)
     src = resolve_source(source, root=root, project=project, years=years)
     id_type = site_id_type(site_list)
     hashes = [site_hash(s) for s in site_list]
@@ -152,9 +176,9 @@ def extract(
     }
     fresh: dict[int, pd.DataFrame] = {}
     todo = [g for g in groups if any(m.position not in done for m in g.members)]
-    bar = _progress(len(site_list), len(done), progress)
+    bar = progress_bar(len(site_list), len(done), progress)
     try:
-        for group, outcome in _run(todo, src, years, stats, chunks, _client(client)):
+        for group, outcome in _run(todo, src, years, stats, chunks, active_client(client)):
             new = {p: f for p, f in outcome.rows.items() if p not in done}
             fresh.update(new)
             failures.update({p: f for p, f in outcome.failed.items() if p not in done})
@@ -173,6 +197,7 @@ def extract(
     table.attrs["errors"] = errors
     if not errors.empty:
         warn_failures(errors, len(site_list))
+    check_coverage(table, min_valid)
     return table
 
 
@@ -193,21 +218,32 @@ def _plan(
 # --------------------------------------------------------------------------- sites and args
 
 
-def _as_sites(sites: Any) -> list[Site]:
+def site_list_of(sites: Any, id_field: str | None = None) -> list[Site]:
     """A list of Sites from a path, a GeoDataFrame, one site, or an iterable of sites."""
-    out = as_sites(sites)
+    if _is_site_collection(sites):
+        out = load_sites(sites, id_field=id_field)
+    elif id_field is not None:
+        raise ValueError(
+            f"id_field={id_field!r} picks the id column of a site file, GeoDataFrame or "
+            f"FeatureCollection, but sites is a {type(sites).__name__} whose sites carry "
+            "their own ids; drop id_field, or pass the file or frame itself"
+        )
+    else:
+        out = as_sites(sites)
     if not out:
         raise ValueError("sites is empty; pass at least one site (e.g. xembed.demo_sites())")
-    seen: dict[str, Any] = {}
-    for site in out:
-        key = str(site.id)
-        if key in seen:
-            raise ValueError(
-                f"site ids {seen[key]!r} and {site.id!r} are the same as text (or repeated); "
-                "give every site its own id (load_sites(..., id_field=...) picks the column)"
-            )
-        seen[key] = site.id
+    check_distinct_as_text([site.id for site in out])
     return out
+
+
+def _is_site_collection(sites: Any) -> bool:
+    """A path, GeoDataFrame/GeoSeries or FeatureCollection: what ``load_sites`` reads."""
+    if isinstance(sites, (str, os.PathLike)):
+        return True
+    if isinstance(sites, Mapping):
+        return sites.get("type") == "FeatureCollection"
+    module = type(sites).__module__
+    return module.startswith("geopandas")
 
 
 def _normalize_stats(stats: str | Iterable[str]) -> tuple[str, ...]:
@@ -217,6 +253,11 @@ def _normalize_stats(stats: str | Iterable[str]) -> tuple[str, ...]:
     if not out:
         raise ValueError(f"stats is empty; pass some of {list(REDUCERS)}, e.g. ('mean',)")
     unknown = [s for s in out if s not in REDUCERS]
+    if "class_area" in unknown:  # needs a model: its own table (64 band columns do not fit)
+        raise ValueError(
+            "class_area is not a statistic of extract (a class map needs a model); use "
+            "xembed.class_areas(sites, years, model) for a site_id, year, class, ha table"
+        )
     if unknown:
         raise ValueError(f"unknown stats {unknown}; expected some of {list(REDUCERS)}")
     if len(set(out)) != len(out):
@@ -227,7 +268,7 @@ def _normalize_stats(stats: str | Iterable[str]) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- cubes
 
 
-def _mirror_cube(
+def mirror_cube(
     source: Source, group: Group, years: tuple[int, ...], chunks: Mapping[str, int] | int | None
 ) -> xr.DataArray:
     """Lazy ``(year, band, y, x)`` embeddings of a mirror over ``grid`` (not clipped).
@@ -276,7 +317,7 @@ def _mirror_cube(
     return emb.rio.write_crs(grid.crs)
 
 
-def _site_cube(emb: xr.DataArray, group: Group, member: Member) -> xr.Dataset:
+def site_cube(emb: xr.DataArray, group: Group, member: Member) -> xr.Dataset:
     """The member's window of the group cube with its coverage: its own clipped cube."""
     rows, cols = group.window(member)
     window = emb.isel(y=rows, x=cols)
@@ -288,8 +329,12 @@ def _site_cube(emb: xr.DataArray, group: Group, member: Member) -> xr.Dataset:
     return xr.Dataset({"embeddings": window.where(cov > 0), "coverage": cov})
 
 
-def _collect(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    return tuple(np.asarray(a, dtype=np.float64) for a in arrays)
+def _unpack(packed: np.ndarray, n_stats: int) -> tuple[np.ndarray, ...]:
+    """The arrays :func:`_lazy_group` packed: ``n_stats`` ``(site, year, band)``, then coverage."""
+    packed = np.asarray(packed, dtype=np.float64)
+    n = len(BANDS)
+    stats = tuple(packed[..., i * n : (i + 1) * n] for i in range(n_stats))
+    return (*stats, *(packed[..., n_stats * n + j] for j in range(len(COVERAGE_COLUMNS))))
 
 
 def _lazy_group(
@@ -299,10 +344,14 @@ def _lazy_group(
     stats: tuple[str, ...],
     chunks: Mapping[str, int] | int | None,
 ) -> Any:
-    """One dask Delayed giving, per statistic, a ``(site, year, band)`` float64 array."""
+    """One dask Delayed: per statistic a ``(site, year, band)`` float64 array, then coverage.
+
+    The last two arrays are ``valid_fraction`` and ``valid_ha``, ``(site,
+    year)``, from the first statistic's pass (no extra read).
+    """
     sites = [m.site for m in group.members]
     if source.is_mirror:
-        emb = _mirror_cube(source, group, years, chunks)
+        emb = mirror_cube(source, group, years, chunks)
         cubes: list[xr.Dataset] | None = None
     else:
         # Earth Engine computes the reads server-side: one cube per site.
@@ -313,15 +362,29 @@ def _lazy_group(
         emb = cube["embeddings"]
         cubes = [cube.assign(embeddings=cube["embeddings"].where(cube["coverage"] > 0))]
     arrays = []
+    coverage: list[Any] = []
     for stat in stats:
         if stat == "mean":
-            arrays.append(zonal_mean(emb, sites).data)
+            means = zonal_mean(emb, sites, min_valid=0.0)
+            arrays.append(means.data)
+            coverage = coverage or [means[name].data for name in COVERAGE_COLUMNS]
             continue
         if cubes is None:
-            cubes = [_site_cube(emb, group, m) for m in group.members]
+            cubes = [site_cube(emb, group, m) for m in group.members]
         reducer = cast(Reducer, stat)
-        arrays.append(da.stack([polygon_mean(c, reducer=reducer).data for c in cubes]))
-    return dask.delayed(_collect, pure=True)(*arrays)
+        results = [polygon_mean(c, reducer=reducer, min_valid=0.0) for c in cubes]
+        arrays.append(da.stack([r.data for r in results]))
+        coverage = coverage or [
+            da.stack([da.asarray(r[name].data) for r in results]) for name in COVERAGE_COLUMNS
+        ]
+    # One array, so one graph optimisation: separate arrays would each fuse the
+    # shared reads into tasks of their own, and every window would be read again.
+    packed = da.concatenate(
+        [da.asarray(a).astype(np.float64) for a in arrays]
+        + [da.asarray(c).astype(np.float64)[..., None] for c in coverage],
+        axis=-1,
+    )
+    return dask.delayed(_unpack, pure=True)(packed, len(arrays))
 
 
 # --------------------------------------------------------------------------- results
@@ -346,42 +409,41 @@ def _site_frame(
     stats: tuple[str, ...],
     keep: Sequence[int],
 ) -> pd.DataFrame:
-    """Rows of one site: years ``keep`` (positions) x stats, in year then stat order."""
-    block = np.stack([v[index] for v in values], axis=1)  # (year, stat, band)
+    """Rows of one site: years ``keep`` (positions) x stats, in year then stat order.
+
+    ``values``: one array per statistic, then ``valid_fraction`` and ``valid_ha``.
+    """
+    block = np.stack([v[index] for v in values[: len(stats)]], axis=1)  # (year, stat, band)
     block = block[list(keep)].reshape(-1, len(BANDS))
     frame = pd.DataFrame(block, columns=list(BANDS))
+    for name, v in reversed(list(zip(COVERAGE_COLUMNS, values[len(stats) :], strict=True))):
+        frame.insert(0, name, np.repeat(v[index][list(keep)], len(stats)))
     frame.insert(0, "stat", [s for _ in keep for s in stats])
     frame.insert(0, "year", np.asarray([years[j] for j in keep for _ in stats], dtype=np.int64))
     frame.insert(0, "position", member.position)
     return frame
 
 
-def _no_data_years(values: Sequence[np.ndarray], index: int, stats: tuple[str, ...]) -> list[int]:
-    """Year positions where the site has no valid pixel (every statistic empty)."""
-    empty = None
-    for stat, v in zip(stats, values, strict=True):
-        site = v[index]
-        this = (site == 0).all(axis=-1) if stat == "count" else np.isnan(site).all(axis=-1)
-        empty = this if empty is None else empty & this
-    assert empty is not None
-    return [int(j) for j in np.flatnonzero(empty)]
-
-
-def _missing_file_years(
-    source: Source, member: Member, years: tuple[int, ...], candidates: list[int]
+def _empty_years(
+    source: Source, member: Member, years: tuple[int, ...], fraction: np.ndarray
 ) -> dict[int, str]:
-    """Of the years (positions) without a valid pixel, those without any file.
+    """Year positions without a single valid pixel under the site, and why.
 
-    Exactly the check :func:`xembed.open_embeddings` makes for the site: a year
-    with a file but only nodata under the site is kept (NaN), as there.
+    Years without any file fail with the message :func:`xembed.open_embeddings`
+    gives for the site; years whose files hold only nodata under the site
+    say so (their statistics would be NaN).
     """
     from xembed.sources import cog
 
-    if not candidates or not source.is_mirror:
-        return {}
-    assert source.root is not None
     out = {}
-    for j in candidates:
+    for j in np.flatnonzero(~(fraction > 0)).tolist():
+        out[j] = (
+            f"no valid pixel under the site in {years[j]}: the data there is all nodata "
+            "(valid_fraction 0)"
+        )
+        if not source.is_mirror:
+            continue
+        assert source.root is not None
         try:
             cog.plan_mosaic(source.root, member.grid, [years[j]])
         except DataNotFoundError as err:
@@ -401,10 +463,9 @@ def _outcome(
     """Rows and failures of a computed group (a failure here fails the whole group)."""
     outcome = _Outcome()
     try:
+        fraction = values[len(stats)]
         for index, member in enumerate(group.members):
-            missing = _missing_file_years(
-                source, member, years, _no_data_years(values, index, stats)
-            )
+            missing = _empty_years(source, member, years, fraction[index])
             keep = [j for j in range(len(years)) if j not in missing]
             if not keep:
                 message = next(iter(missing.values()))
@@ -430,7 +491,7 @@ def _failed_group(group: Group, err: BaseException) -> _Outcome:
 # --------------------------------------------------------------------------- running
 
 
-def _client(client: Any) -> Any:
+def active_client(client: Any) -> Any:
     """The dask.distributed client to use: the one given, else the active one, else None."""
     if client is not None:
         return client
@@ -573,14 +634,17 @@ def _run_distributed(
             client.cancel(list(running))
 
 
-def _progress(total: int, initial: int, enabled: bool) -> Any:
+def progress_bar(
+    total: int, initial: int, enabled: bool, desc: str = "extract", unit: str = "site"
+) -> Any:
+    """A tqdm progress bar on stderr (a widget in Jupyter), or a silent one."""
     from tqdm.auto import tqdm
 
     return tqdm(
         total=total,
         initial=initial,
-        desc="extract",
-        unit="site",
+        desc=desc,
+        unit=unit,
         disable=not enabled,
         file=sys.stderr,
         dynamic_ncols=True,

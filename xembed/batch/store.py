@@ -33,8 +33,9 @@ __all__ = [
     "site_hash",
 ]
 
-#: Version of the store layout written in ``_xembed_extract.json``.
-STORE_FORMAT = 1
+#: Version of the store layout written in ``_xembed_extract.json`` (2: parts carry
+#: ``valid_fraction`` and ``valid_ha``; a format-1 store is refused, not mixed).
+STORE_FORMAT = 2
 
 _MANIFEST = "_xembed_extract.json"
 _ERRORS = "_errors.parquet"

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from xembed._util import stacklevel
+from xembed.ops.reduce import COVERAGE_COLUMNS
 from xembed.schema import BANDS
 from xembed.sites import Site
 
@@ -51,7 +52,7 @@ def assemble(
     rows: Mapping[int, pd.DataFrame],
 ) -> pd.DataFrame:
     """The final table, in a canonical order and dtypes whatever the rows' origin."""
-    columns = ["site_id", "year", "stat", *BANDS]
+    columns = ["site_id", "year", "stat", *COVERAGE_COLUMNS, *BANDS]
     ids = [s.id for s in sites]
     id_dtype = _id_dtype(sites)
     if not rows:
@@ -76,8 +77,9 @@ def assemble(
             "stat": table["stat"].astype(str).to_numpy(dtype=object),
         }
     )
-    values = table[list(BANDS)].to_numpy(dtype=np.float64)
-    return pd.concat([out, pd.DataFrame(values, columns=list(BANDS))], axis=1)
+    numbers = [*COVERAGE_COLUMNS, *BANDS]
+    values = table[numbers].to_numpy(dtype=np.float64)
+    return pd.concat([out, pd.DataFrame(values, columns=numbers)], axis=1)
 
 
 def errors_frame(

@@ -1,60 +1,53 @@
-"""Clustering: k-means classes fitted once across years, numpy only.
+"""Clustering: k-means classes fitted once across years, with scikit-learn.
 
-The numpy kernels fit the centres on a sample (:func:`_kmeans_fit`) and label
-one block (:func:`_kmeans_block`); :func:`kmeans` applies them lazily.
+:func:`_kmeans_fit` fits scikit-learn's ``MiniBatchKMeans`` on a sample of
+pixels, :func:`_kmeans_block` labels one block with it; :func:`kmeans`
+applies them lazily.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from xembed.ops._base import apply_fitted, embeddings_of, sample_pixels, spatial_coords
+from xembed.ops.learn import import_sklearn
 
 __all__ = ["kmeans"]
 
 
-def _kmeans_fit(x: np.ndarray, k: int, seed: int, max_iter: int) -> np.ndarray:
-    """k-means++ then Lloyd iterations; centres sorted for stable labels."""
+def _kmeans_fit(x: np.ndarray, k: int, seed: int, max_iter: int) -> Any:
+    """scikit-learn's MiniBatchKMeans on the sample's pixels with data, and the label order.
+
+    Returns the fitted model and ``rank``: ``rank[label]`` is the cluster's
+    position when centres are sorted by their first coordinate, then the
+    second...: labels that do not depend on the fit's internal numbering.
+    """
+    cluster = import_sklearn("cluster")
     x = np.asarray(x, dtype=np.float64)
     x = x[~np.isnan(x).any(axis=1)]
     if x.shape[0] < k:
         raise ValueError(f"only {x.shape[0]} pixels with data to fit {k} clusters; lower k")
-    rng = np.random.default_rng(seed)
-    centres = [x[rng.integers(x.shape[0])]]
-    d2 = ((x - centres[0]) ** 2).sum(axis=1)
-    for _ in range(1, k):
-        p = d2 / d2.sum() if d2.sum() > 0 else None
-        centres.append(x[rng.choice(x.shape[0], p=p)])
-        d2 = np.minimum(d2, ((x - centres[-1]) ** 2).sum(axis=1))
-    c = np.array(centres)
-    for _ in range(max_iter):
-        labels = _nearest(x, c)
-        new = np.array(
-            [x[labels == j].mean(axis=0) if (labels == j).any() else c[j] for j in range(k)]
-        )
-        if np.allclose(new, c, atol=1e-10):
-            break
-        c = new
-    # Order clusters by their first coordinate, then second...: labels stable across runs.
-    order = np.lexsort(c.T[::-1])
-    return c[order]
+    model = cluster.MiniBatchKMeans(
+        n_clusters=k, random_state=seed, max_iter=max_iter, n_init=3, batch_size=4096
+    ).fit(x)
+    order = np.lexsort(model.cluster_centers_.T[::-1])
+    rank = np.empty(k, dtype=np.int16)
+    rank[order] = np.arange(k, dtype=np.int16)
+    return model, rank
 
 
-def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    d = (x**2).sum(axis=1)[:, None] - 2 * x @ centres.T + (centres**2).sum(axis=1)[None, :]
-    return d.argmin(axis=1)
-
-
-def _kmeans_block(block: np.ndarray, centres: np.ndarray) -> np.ndarray:
+def _kmeans_block(block: np.ndarray, fitted: Any) -> np.ndarray:
+    model, rank = fitted
     moved = np.moveaxis(block, 1, -1).astype(np.float64)
     flat = moved.reshape(-1, moved.shape[-1])
     valid = ~np.isnan(flat).any(axis=1)
     labels = np.full(flat.shape[0], -1, dtype=np.int16)
     if valid.any():
-        labels[valid] = _nearest(flat[valid], centres)
+        labels[valid] = rank[model.predict(flat[valid])]
     return labels.reshape(moved.shape[:-1])
 
 
@@ -67,11 +60,13 @@ def kmeans(
     seed: int = 0,
     max_iter: int = 100,
 ) -> xr.DataArray:
-    """Unsupervised classes: k-means fitted once across years, numpy only.
+    """Unsupervised classes: k-means fitted once across years.
 
-    The centres are fitted on a random sample of pixels pooled over the
-    years (``fit_on``, default all), then every pixel of every year gets its
-    nearest centre, so a label means the same class every year.
+    scikit-learn's :class:`~sklearn.cluster.MiniBatchKMeans` (the ``ml``
+    extra: ``pip install 'xembed[ml]'``) is fitted on a random sample of
+    pixels pooled over the years (``fit_on``, default all), then every pixel
+    of every year gets its nearest centre, so a label means the same class
+    every year.
 
     Returns
     -------

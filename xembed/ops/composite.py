@@ -1,7 +1,7 @@
 """Composites: RGBA images of a cube, from three bands or three principal components.
 
 :func:`rgb` stretches three bands; :func:`pca_rgb` fits one PCA on a sample
-pooled across years (a numpy fit, applied per block by
+pooled across years (scikit-learn's, applied per block by
 :func:`xembed.ops._base.apply_fitted`) so colours compare between years.
 """
 
@@ -14,6 +14,7 @@ import numpy as np
 import xarray as xr
 
 from xembed.ops._base import apply_fitted, embeddings_of, sample_pixels, spatial_coords
+from xembed.ops.learn import import_sklearn
 from xembed.schema import BANDS
 
 __all__ = ["pca_rgb", "rgb"]
@@ -96,18 +97,22 @@ def rgb(
 
 
 def _fit_pca(samples: np.ndarray, n_components: int, percentiles: tuple[float, float]):
+    """scikit-learn's PCA on the sample's pixels with data, signs fixed, and the stretch."""
+    decomposition = import_sklearn("decomposition")
     x = np.asarray(samples, dtype=np.float64)
     x = x[~np.isnan(x).any(axis=1)]
     if x.shape[0] < n_components + 1:
         raise ValueError(
             f"only {x.shape[0]} pixels with data to fit the PCA; need more than {n_components}"
         )
-    mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    comps = vt[:n_components]
+    # A uniform sample has no variance: sklearn's explained-variance ratio divides by 0.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pca = decomposition.PCA(n_components=n_components, svd_solver="full").fit(x)
+    comps = pca.components_
     # Deterministic signs: the largest loading of each component is positive.
     signs = np.sign(comps[np.arange(n_components), np.abs(comps).argmax(axis=1)])
     comps = comps * signs[:, None]
+    mean = pca.mean_
     scores = (x - mean) @ comps.T
     lo, hi = np.percentile(scores, percentiles, axis=0)
     return {"mean": mean, "components": comps, "lo": lo, "hi": hi}
@@ -131,10 +136,12 @@ def pca_rgb(
 ) -> xr.DataArray:
     """An RGBA composite of the first three principal components.
 
-    One PCA is fitted on a random sample of pixels pooled across years
-    (``fit_on``, default all), and one stretch (the ``percentiles`` of the
-    sample's scores, per component) is used for every year, so colours are
-    comparable between years: identical vectors get identical colours.
+    One PCA (scikit-learn's :class:`~sklearn.decomposition.PCA`, the ``ml``
+    extra: ``pip install 'xembed[ml]'``) is fitted on a random sample of
+    pixels pooled across years (``fit_on``, default all), and one stretch
+    (the ``percentiles`` of the sample's scores, per component) is used for
+    every year, so colours are comparable between years: identical vectors
+    get identical colours.
 
     Parameters
     ----------

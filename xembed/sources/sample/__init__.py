@@ -33,6 +33,9 @@ length and quantised. On top of that:
   3107, is cleared and burnt in 2021 and is pasture from 2022 on;
 - a nodata gap: a 1.1 x 0.75 km block of -128 in 2019, covering part of site
   3106, like a missing orbit.
+
+The generator's truth, to measure models against: :func:`landcover` (class
+codes per pixel and year) and :func:`tree_cover` (a continuous fraction).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from xembed.sources.sample.layout import (
     sample_images,
     write_demo_sites_geojson,
 )
+from xembed.sources.sample.truth import CLASS_NAMES, DETAIL_NAMES, landcover, tree_cover
 from xembed.sources.sample.world import ImageField, World
 
 if TYPE_CHECKING:
@@ -78,6 +82,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BLOCKSIZE",
+    "CLASS_NAMES",
+    "DETAIL_NAMES",
     "FILE_PX",
     "IMAGE_PX",
     "LAT0",
@@ -91,9 +97,11 @@ __all__ = [
     "demo_sites",
     "demo_sites_path",
     "generate_sample",
+    "landcover",
     "sample_events",
     "sample_images",
     "sample_root",
+    "tree_cover",
     "write_demo_sites_geojson",
 ]
 

@@ -37,6 +37,10 @@ from xembed.sources.sample.layout import (
 
 # Land-cover classes and their share of the Voronoi fields.
 _FOREST, _PASTURE, _CROP, _WATER, _URBAN, _BARE = range(6)
+#: The generator's land-cover classes, by code (:func:`xembed.sources.sample.landcover`).
+CLASS_NAMES = ("forest", "pasture", "crop", "water", "urban", "bare")
+#: Finer classes: the six, then the special units (``landcover(..., detail=True)``).
+DETAIL_NAMES = (*CLASS_NAMES, "river", "riparian", "remnant", "deforested", "restoration", "pond")
 
 
 _CLASS_SHARES = {_FOREST: 0.31, _PASTURE: 0.42, _CROP: 0.24, _WATER: 0.03}
@@ -137,6 +141,69 @@ class World:
             rid: 0.25 * _unit(rng.standard_normal(dim)) for rid, _, _ in self.sites
         }
 
+    def locate(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The unit of each point of the local frame, and whether it is in the deforestation.
+
+        Units as before the 2021 clearing (from then on the deforestation's
+        points belong to the ``"deforested"`` unit).
+        """
+        import shapely
+
+        w = self.warp
+        wx = x + 60 * np.sin(y / 170 + w[0]) + 35 * np.sin((x + y) / 90 + w[1])
+        wy = y + 60 * np.sin(x / 190 + w[2]) + 35 * np.sin((x - y) / 110 + w[3])
+        unit = self.nearest_seed(wx, wy)  # Voronoi fields
+        index = self.unit_index
+        dist = np.abs(y - river_y(x)) / np.sqrt(1 + river_slope(x) ** 2)
+        not_urban = self.cell_class[unit] != _URBAN
+        unit[(dist < 70) & not_urban] = index["riparian"]
+        unit[dist < 15] = index["river"]
+        deforestation = shapely.contains_xy(self.deforestation, x, y)
+        unit[deforestation] = index["remnant"]
+        for (rid, _, _), geom in zip(self.sites, self.site_geoms, strict=True):
+            inside = shapely.contains_xy(geom, x, y)
+            unit[inside] = index[f"site{rid}"]
+            for part in getattr(geom, "geoms", [geom]):
+                for hole in part.interiors:
+                    unit[shapely.contains_xy(shapely.Polygon(hole), x, y)] = index[f"pond{rid}"]
+        return unit, deforestation
+
+    def cover(self, year: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per unit in ``year``: its class code, detailed class code and forest weight.
+
+        Codes index :data:`CLASS_NAMES` and :data:`DETAIL_NAMES`. The forest
+        weight is the forest direction's share of the unit's vector mix: 1 for
+        forest, riparian and remnant forest, ``t`` for a restoration site
+        ``t`` of the way from pasture to forest, 0 elsewhere. A restoration
+        site's class is forest once ``t >= 0.5`` (its vector is then nearer
+        forest), else pasture; the deforestation is bare in 2021 (cleared and
+        burnt: 0.4 of its vector is bare ground) and pasture after.
+        """
+        n = self.n_cells
+        size = n + len(self.unit_index)
+        base = np.empty(size, dtype=np.int8)
+        detail = np.empty(size, dtype=np.int8)
+        weight = np.zeros(size, dtype=np.float32)
+        base[:n] = detail[:n] = self.cell_class
+        weight[:n] = self.cell_class == _FOREST
+        index = self.unit_index
+        cleared = _BARE if year == DEFORESTATION_YEAR else _PASTURE
+        fixed = {
+            "river": (_WATER, "river", 0.0),
+            "riparian": (_FOREST, "riparian", 1.0),
+            "remnant": (_FOREST, "remnant", 1.0),
+            "deforested": (cleared, "deforested", 0.0),
+        }
+        for rid, start, _ in self.sites:
+            t = min(max((year - start) / RESTORATION_YEARS, 0.0), 1.0)
+            fixed[f"site{rid}"] = (_FOREST if t >= 0.5 else _PASTURE, "restoration", t)
+            fixed[f"pond{rid}"] = (_WATER, "pond", 0.0)
+        for name, (cls, kind, share) in fixed.items():
+            base[index[name]] = cls
+            detail[index[name]] = DETAIL_NAMES.index(kind)
+            weight[index[name]] = share
+        return base, detail, weight
+
     def nearest_seed(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Index of the nearest field seed to each point.
 
@@ -219,8 +286,6 @@ class ImageField:
     """The embedding field on one Earth Engine image's pixel grid."""
 
     def __init__(self, world: World, image: SampleImage) -> None:
-        import shapely
-
         self.world, self.image = world, image
         size = image.size
         cols, rows = np.meshgrid(np.arange(size), np.arange(size))
@@ -233,24 +298,7 @@ class ImageField:
         # mosaicking of two clipped lattices leaves a seam of empty pixels along
         # the boundary (index footprints stay clipped exactly, as upstream).
         self.valid = (lon >= lon_w - ZONE_OVERLAP_DEG) & (lon < lon_e + ZONE_OVERLAP_DEG)
-        w = world.warp
-        wx = x + 60 * np.sin(y / 170 + w[0]) + 35 * np.sin((x + y) / 90 + w[1])
-        wy = y + 60 * np.sin(x / 190 + w[2]) + 35 * np.sin((x - y) / 110 + w[3])
-        unit = world.nearest_seed(wx, wy)  # Voronoi fields
-        index = world.unit_index
-        dist = np.abs(y - river_y(x)) / np.sqrt(1 + river_slope(x) ** 2)
-        not_urban = world.cell_class[unit] != _URBAN
-        unit[(dist < 70) & not_urban] = index["riparian"]
-        unit[dist < 15] = index["river"]
-        self.deforestation = shapely.contains_xy(world.deforestation, x, y)
-        unit[self.deforestation] = index["remnant"]
-        for (rid, _, _), geom in zip(world.sites, world.site_geoms, strict=True):
-            inside = shapely.contains_xy(geom, x, y)
-            unit[inside] = index[f"site{rid}"]
-            for part in getattr(geom, "geoms", [geom]):
-                for hole in part.interiors:
-                    unit[shapely.contains_xy(shapely.Polygon(hole), x, y)] = index[f"pond{rid}"]
-        self.unit = unit
+        self.unit, self.deforestation = world.locate(x, y)
         gx0, gy0, gx1, gy1 = GAP_BOX
         self.gap = (x >= gx0) & (x < gx1) & (y >= gy0) & (y < gy1)
         phase = np.column_stack([x, y]) @ world.wave_k.T + world.wave_phase
