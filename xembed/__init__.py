@@ -11,9 +11,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from xembed import accessor as _accessor  # noqa: F401  (registers .embed)
 from xembed import render
-from xembed.batch import extract
+from xembed.batch import class_areas, extract, sample
 from xembed.cube import open_embeddings
 from xembed.errors import (
+    CoverageWarning,
     DataNotFoundError,
     EarthEngineError,
     ReadError,
@@ -23,9 +24,12 @@ from xembed.errors import (
     XembedError,
 )
 from xembed.export import open_cube, open_sites, to_datatree, write_sites_zarr
+from xembed.maps import explore, explore_sites
 from xembed.ops import (
+    assess,
     change,
     change_summary,
+    check_coverage,
     kmeans,
     pairwise_similarity,
     pca_rgb,
@@ -37,6 +41,7 @@ from xembed.ops import (
     to_frame,
     zonal_mean,
 )
+from xembed.report import report
 from xembed.schema import BANDS, dequantize, quantize
 from xembed.sites import Site, load_sites
 from xembed.sources.sample import demo_sites, sample_root
@@ -48,6 +53,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "BANDS",
+    "CoverageWarning",
     "DataNotFoundError",
     "EarthEngineError",
     "ReadError",
@@ -57,10 +63,15 @@ __all__ = [
     "SourceError",
     "XembedError",
     "__version__",
+    "assess",
     "change",
     "change_summary",
+    "check_coverage",
+    "class_areas",
     "demo_sites",
     "dequantize",
+    "explore",
+    "explore_sites",
     "extract",
     "kmeans",
     "load_sites",
@@ -72,7 +83,9 @@ __all__ = [
     "polygon_mean",
     "quantize",
     "render",
+    "report",
     "rgb",
+    "sample",
     "sample_root",
     "search",
     "similarity",

@@ -9,7 +9,7 @@ from typing import Any
 
 import xarray as xr
 
-from xembed import export, ops
+from xembed import export, maps, ops
 from xembed import render as _render
 
 __all__ = ["EmbedAccessor"]
@@ -42,6 +42,7 @@ class EmbedAccessor:
     polygon_mean = _wrap(ops, "polygon_mean")
     zonal_mean = _wrap(ops, "zonal_mean")
     to_frame = _wrap(ops, "to_frame")
+    check_coverage = _wrap(ops, "check_coverage")
     similarity_matrix = _wrap(ops, "similarity_matrix")
     similarity = _wrap(ops, "similarity")
     pairwise_similarity = _wrap(ops, "pairwise_similarity")
@@ -51,8 +52,14 @@ class EmbedAccessor:
     rgb = _wrap(ops, "rgb")
     pca_rgb = _wrap(ops, "pca_rgb")
     kmeans = _wrap(ops, "kmeans")
+    sample = _wrap(ops, "sample")
+    predict = _wrap(ops, "predict")
+    classify = _wrap(ops, "classify")
+    class_area = _wrap(ops, "class_area")
     to_zarr = _wrap(export, "to_zarr")
     to_netcdf = _wrap(export, "to_netcdf")
+    to_geotiff = _wrap(export, "to_geotiff")
     render = _wrap(_render, "render")
     frames = _wrap(_render, "frames")
     plot = _wrap(_render, "plot")
+    explore = _wrap(maps, "explore")
