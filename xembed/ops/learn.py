@@ -183,7 +183,7 @@ def _units(geoms: np.ndarray, grid: Any, pixels: bool) -> dict[str, np.ndarray]:
         cols.append(c)
         mean.append(np.asarray(m, dtype=np.int64))
     names = ("feature", "x", "y", "coverage", "row", "col", "mean", "outside")
-    parts = (feature, xs, ys, cov, rows, cols, mean, outside)
+    parts: tuple[list[np.ndarray], ...] = (feature, xs, ys, cov, rows, cols, mean, outside)
     return {name: np.concatenate(part) for name, part in zip(names, parts, strict=True)}
 
 
