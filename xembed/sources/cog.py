@@ -55,7 +55,7 @@ import shapely
 from xembed._util import transformer
 from xembed.errors import DataNotFoundError, ReadError, SourceError
 from xembed.grid import Grid
-from xembed.schema import BANDS, NODATA, dequantize
+from xembed.schema import BANDS, NODATA, PIXEL_SIZE, dequantize
 from xembed.sources import gdalread
 from xembed.sources import index as mirror_index
 from xembed.sources.common import INDEX_COLUMNS, CubeStack
@@ -68,7 +68,7 @@ from xembed.sources.ranges import (
     set_max_requests,
 )
 from xembed.sources.retry import RetryPolicy
-from xembed.sources.tiff import HEADER_BYTES, TiffLayout, Window, parse_layout, read_windows
+from xembed.sources.tiff import TiffLayout, Window, header_bytes, parse_layout, read_windows
 from xembed.sources.windows import scatter, window_of
 
 __all__ = [
@@ -336,6 +336,12 @@ def _range_cache(enabled: bool) -> Any:
     return rangecache.default_cache()
 
 
+def _first_bytes(wanted: Mapping[str, tuple[str, tuple[float, ...]]], source: Remote) -> int:
+    """The header bytes to read first from a file of ``bounds`` (the index's, in metres)."""
+    west, south, east, north = wanted[source.href][1]
+    return header_bytes(round((east - west) / PIXEL_SIZE), round((north - south) / PIXEL_SIZE))
+
+
 def _check_header(layout: TiffLayout, crs: str, bounds: tuple[float, ...]) -> None:
     """Raise :class:`Invalid` unless ``layout`` is a mirror file's where the index puts it."""
     if layout.bands != len(BANDS) or layout.dtype != "int8":
@@ -361,7 +367,8 @@ def _headers(wanted: Mapping[str, tuple[str, tuple[float, ...]]], cache: bool) -
     """The header of every file of ``wanted`` (href -> the index's CRS and bounds).
 
     Headers not read before are read concurrently: one ranged GET each (two
-    if the tile tables lie past the first :data:`~xembed.sources.tiff.HEADER_BYTES`),
+    if the tile tables lie past the bytes :func:`~xembed.sources.tiff.header_bytes`
+    expects from the index's extent),
     every one validated before use; from the range cache when it holds them.
     """
     with _HEADERS_LOCK:
@@ -388,8 +395,9 @@ def _headers(wanted: Mapping[str, tuple[str, tuple[float, ...]]], cache: bool) -
             except Invalid:
                 pass  # a stale or damaged entry: read the header again
         todo.append(source)
+    first = functools.partial(_first_bytes, wanted)
     for source, (layout, prefix, size, validator) in zip(
-        todo, fetch_prefixes(todo, HEADER_BYTES, parse, RETRY), strict=True
+        todo, fetch_prefixes(todo, first, parse, RETRY), strict=True
     ):
         if store is not None and source.url and validator:
             store.put_header(source.url, validator, size.to_bytes(8, "little") + prefix)

@@ -354,13 +354,13 @@ def _pread(path: str, start: int, stop: int, size: int | None) -> tuple[bytes, i
 
 def fetch_prefixes(
     sources: Sequence[Remote],
-    first: int,
+    first: int | Callable[[Remote], int],
     parse: Callable[[Remote, bytes, int], _T],
     policy: RetryPolicy,
 ) -> list[tuple[_T, bytes, int, str]]:
     """``parse(source, prefix, size)`` of each file's first bytes, all files at once.
 
-    Per file one request for ``first`` bytes; if ``parse`` raises
+    Per file one request for ``first`` bytes (or ``first(source)``); if ``parse`` raises
     :class:`NeedMore`, one more for the rest up to its ``stop``. A header
     cut short, or one ``parse`` rejects (:class:`Invalid`), is fetched again
     within the budget. Returns ``(parsed, prefix, size, validator)`` per
@@ -368,7 +368,7 @@ def fetch_prefixes(
     """
 
     def read(source: Remote) -> tuple[_T, bytes, int, str]:
-        data, size, validator = _get(source, 0, first, policy)
+        data, size, validator = _get(source, 0, first(source) if callable(first) else first, policy)
         for _ in range(4):
             try:
                 return parse(source, data, size), data, size, validator

@@ -36,12 +36,34 @@ __all__ = [
     "TiffLayout",
     "TileMemory",
     "Window",
+    "header_bytes",
     "parse_layout",
     "read_windows",
 ]
 
-#: Bytes read first from every file: the mirror's IFDs and tile tables fit.
-HEADER_BYTES = 64 * 1024
+#: Bytes read first from every file, at least: the IFDs of a small file and their tables.
+HEADER_BYTES = 16 * 1024
+
+
+def header_bytes(width: int, height: int, bands: int = 64, tile: int = 1024) -> int:
+    """Bytes to read first from a ``width`` x ``height`` px file: its IFDs and tile tables.
+
+    :data:`HEADER_BYTES` plus 16 bytes (a BigTIFF offset and byte count) per
+    band per tile of the mirror's ``tile`` px, so the first request holds the
+    whole header of a mirror file without fetching much past it (files with
+    smaller tiles ask for the rest in one more request).
+
+    Examples
+    --------
+    >>> header_bytes(8192, 8192) // 1024  # the mirror's files: 64 KiB of tables
+    80
+    >>> header_bytes(160, 160) // 1024  # the sample's
+    17
+    """
+    tiles = -(-width // tile) * -(-height // tile)
+    return HEADER_BYTES + 16 * bands * tiles
+
+
 NODATA = -128
 _ZSTD, _NONE = 50000, 1
 # TIFF field types: numpy dtype (without byte order)
