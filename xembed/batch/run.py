@@ -176,6 +176,11 @@ def extract(
     }
     fresh: dict[int, pd.DataFrame] = {}
     todo = [g for g in groups if any(m.position not in done for m in g.members)]
+    if src.is_mirror and todo:
+        from xembed.sources import cog
+
+        # Every group's file headers in one concurrent round, not a round per group.
+        cog.prefetch_headers(str(src.root), [g.grid for g in todo], years)
     bar = progress_bar(len(site_list), len(done), progress)
     try:
         for group, outcome in _run(todo, src, years, stats, chunks, active_client(client)):

@@ -33,6 +33,7 @@ is ever filled with zeros or NaN in place of data that could not be read.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -85,6 +86,7 @@ __all__ = [
     "load_index",
     "max_requests",
     "plan_mosaic",
+    "prefetch_headers",
     "read_index",
     "set_max_requests",
     "with_hrefs",
@@ -418,21 +420,10 @@ def _tile_of(source: Remote, layout: TiffLayout, size: int, validator: str) -> T
     return Tile(href, crs, layout.transform, layout.width, layout.height, size, validator_, layout)
 
 
-def plan_mosaic(
-    root: str | os.PathLike[str], grid: Grid, years: Sequence[int], *, cache: bool = True
-) -> tuple[tuple[Tile, ...], ...]:
-    """Which files, in mosaic order, cover ``grid`` in each year.
-
-    Only metadata is read: the index and the headers of the selected files,
-    all at once (``cache=False``: not from the persistent range cache).
-
-    Raises
-    ------
-    DataNotFoundError
-        If some requested year has no file that touches the grid.
-    ReadError
-        If a header cannot be read, or is not a mirror file's (after retries).
-    """
+def _chosen_rows(
+    root: str, grid: Grid, years: Sequence[int]
+) -> list[list[tuple[str, tuple[str, tuple[float, ...]]]]]:
+    """Per year, ``(href, (crs, utm bounds))`` of the index rows of the files over ``grid``."""
     root = str(root).rstrip("/")
     index = load_index(root)
     box = shapely.box(*grid.lonlat_bounds)
@@ -462,11 +453,49 @@ def plan_mosaic(
                 continue
             rows.append((str(href), (str(crs), (west, south, east, north))))
         chosen_rows.append(rows)
+    return chosen_rows
+
+
+def prefetch_headers(
+    root: str | os.PathLike[str], grids: Sequence[Grid], years: Sequence[int], *, cache: bool = True
+) -> None:
+    """Read the headers of every file over any of ``grids`` at once, for later plans.
+
+    Many sites planned one by one would wait a round trip each for their
+    files' headers; read together, the round trips overlap. Problems (no
+    file, a bad header) are left for :func:`plan_mosaic` to report per grid.
+    """
+    root = str(root).rstrip("/")
+    wanted: dict[str, tuple[str, tuple[float, ...]]] = {}
+    for grid in grids:
+        for rows in _chosen_rows(root, grid, years):
+            wanted.update(rows)
+    with contextlib.suppress(Invalid, ReadError, OSError):
+        _headers(wanted, cache)
+
+
+def plan_mosaic(
+    root: str | os.PathLike[str], grid: Grid, years: Sequence[int], *, cache: bool = True
+) -> tuple[tuple[Tile, ...], ...]:
+    """Which files, in mosaic order, cover ``grid`` in each year.
+
+    Only metadata is read: the index and the headers of the selected files,
+    all at once (``cache=False``: not from the persistent range cache).
+
+    Raises
+    ------
+    DataNotFoundError
+        If some requested year has no file that touches the grid.
+    ReadError
+        If a header cannot be read, or is not a mirror file's (after retries).
+    """
+    root = str(root).rstrip("/")
+    chosen_rows = _chosen_rows(root, grid, years)
     empty = [int(year) for year, rows in zip(years, chosen_rows, strict=True) if not rows]
     if empty:
         index = read_index(root)  # what is really there (a local copy may be partial)
         covered = sorted(index["year"].unique().tolist())
-        w, s, e, n = box.bounds
+        w, s, e, n = grid.lonlat_bounds
         where = f"lon {w:.4f}..{e:.4f}, lat {s:.4f}..{n:.4f}"
         raise DataNotFoundError(
             f"no embedding files in {str(root)!r} cover the site ({where}) for years {empty}; "
