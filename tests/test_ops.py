@@ -908,6 +908,7 @@ def test_change_summary_planted_change():
         "changed_ha",
         "changed_fraction",
         "valid_ha",
+        "valid_fraction",
         "mean_similarity",
         "similarity_p10",
         "similarity_p50",
@@ -917,6 +918,7 @@ def test_change_summary_planted_change():
     assert table["baseline"].tolist() == [2020] * 3
     rows = table.set_index("year")
     np.testing.assert_allclose(rows["valid_ha"], covered * 0.01, rtol=1e-6)
+    np.testing.assert_allclose(rows["valid_fraction"], 1.0, rtol=1e-12)  # data everywhere
     np.testing.assert_allclose(rows.loc[2022, "changed_ha"], covered * 0.01, rtol=1e-6)
     assert rows.loc[2022, "changed_fraction"] == pytest.approx(1.0)
     assert rows.loc[2022, "mean_similarity"] == pytest.approx(0.0, abs=1e-6)
