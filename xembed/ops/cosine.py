@@ -11,7 +11,7 @@ the results. :func:`similarity_matrix` compares a site's yearly means
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import dask
@@ -181,7 +181,7 @@ def _cosines(partner: list[int | None], squared: np.ndarray, dots: np.ndarray) -
 
 
 def cosine_years(
-    block: np.ndarray,
+    block: np.ndarray | Sequence[np.ndarray],
     mode: str,
     ref: int = 0,
     other: np.ndarray | None = None,
@@ -190,7 +190,8 @@ def cosine_years(
 ) -> np.ndarray:
     """Per-pixel cosines of each year of a chunk with its reference or previous year.
 
-    ``block``: some years, all bands ``(years, bands, h, w)``. ``other``
+    ``block``: some years, all bands ``(years, bands, h, w)``, or a list of
+    ``(bands, h, w)`` years (chunks of years, never concatenated). ``other``
     ``(bands, h, w)``: the year outside it that the chunk needs, the
     reference (``mode="reference"``, else ``ref`` indexes ``block``) or the
     year before ``block[0]`` (``"previous"``; without it that year is NaN).
@@ -212,13 +213,14 @@ def cosine_years(
     # float64): merged and year-chunked cubes give the same bits. Tiles of whole
     # contiguous rows are views, so a year chunk is read once by its own task
     # and once by its partner's (which takes its length from the first).
-    n_years, n_bands, h, w = block.shape
+    n_years = len(block)
+    n_bands, h, w = block[0].shape if n_years else np.shape(block)[1:]
     out = np.empty((n_years, h, w), np.float32)
     if out.size == 0:
         return out
     years = [*block, *([] if other is None else [other])]
     extra = n_years if other is not None else None
-    partner = [ref if extra is None else extra] * n_years
+    partner: list[int | None] = [ref if extra is None else extra] * n_years
     if mode == "previous":
         partner = [extra, *range(n_years - 1)]
     groups = n_bands // 8 if n_bands % 8 == 0 else 1
@@ -274,29 +276,13 @@ def _merge_chunks(data: da.Array, axes: tuple[int, ...]) -> da.Array:
 
 
 def _over_year_chunks(blocks: list[list[np.ndarray]], mode: str, ref: int) -> np.ndarray:
-    """:func:`cosine_years` of every year chunk of one spatial tile, each chunk read once.
+    """:func:`cosine_years` of all year chunks of one spatial tile, as one list of years.
 
     ``blocks`` holds the tile's year chunks as dask hands them over (a list per
-    chunk of its one band block): never concatenated, so no year is copied.
-    The reference (or the year before a chunk) and its squared lengths are computed once.
+    chunk of its one band block): never concatenated, so no year is copied,
+    and the kernel walks all years tile by tile, as on a merged chunk.
     """
-    chunks = [b[0] for b in blocks]
-    starts = np.cumsum([0, *(c.shape[0] for c in chunks)])
-    squared = [np.empty((c.shape[0], *c.shape[2:]), np.float32) for c in chunks]
-    out: list[np.ndarray | None] = [None] * len(chunks)
-    other = other_sq = None
-    order: Any = range(len(chunks))
-    if mode == "reference":
-        home = int(np.searchsorted(starts, ref, side="right")) - 1
-        at = ref - int(starts[home])
-        out[home] = cosine_years(chunks[home], mode, at, squared_out=squared[home])
-        other, other_sq = chunks[home][at], squared[home][at]
-        order = [k for k in order if k != home]
-    for k in order:
-        out[k] = cosine_years(chunks[k], mode, 0, other, other_sq, squared[k])
-        if mode == "previous":
-            other, other_sq = chunks[k][-1], squared[k][-1]
-    return np.concatenate(out)  # type: ignore[arg-type]
+    return cosine_years([year for chunk in blocks for year in chunk[0]], mode, ref)
 
 
 def _by_year_chunk(data: da.Array, mode: str, ref: int) -> da.Array:
