@@ -503,6 +503,34 @@ def test_cached_ranges_are_used_and_a_damaged_one_fetched_again(
         assert server.count("*.tiff") > 8
 
 
+def test_a_second_open_reads_nothing_remote_with_the_real_cache(
+    sample_root, sites, local, monkeypatch, tmp_path
+):
+    """The persistent cache end to end: a new process opening the site again asks nothing."""
+    from xembed.sources import index as mirror_index
+
+    monkeypatch.setenv("XEMBED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XEMBED_CACHE_BYTES", "1G")
+    monkeypatch.setattr(tiff, "MEMORY", tiff.TileMemory(0))  # only the disk cache keeps tiles
+    with serve_mirror(sample_root) as server:
+        first = xembed.open_embeddings(sites[3101], YEARS, source="cog", root=server.url)
+        assert same(first.embeddings.values, local[3101])
+        # As in a new process: nothing remembered in memory, only the cache folder.
+        monkeypatch.setattr(cog, "_HEADERS", {})
+        monkeypatch.setattr(mirror_index, "_TABLES", {})
+        server.reset()
+        again = xembed.open_embeddings(sites[3101], YEARS, source="cog", root=server.url)
+        assert same(again.embeddings.values, local[3101])
+        assert server.requests == []
+        # A truncated entry on disk is detected and fetched again, never returned.
+        entry = max((tmp_path / "cache" / "ranges").rglob("*.bin"), key=lambda p: p.stat().st_size)
+        entry.write_bytes(entry.read_bytes()[:-100])
+        monkeypatch.setattr(cog, "_HEADERS", {})
+        third = xembed.open_embeddings(sites[3101], YEARS, source="cog", root=server.url)
+        assert same(third.embeddings.values, local[3101])
+        assert 1 <= server.count("*.tiff") <= 2
+
+
 def test_tile_memory_shares_in_flight_and_recent_tiles():
     memory = tiff.TileMemory(max_bytes=10)
     assert memory.claim("a") == ("mine", None)

@@ -114,14 +114,16 @@ def default_cache() -> RangeCache | None:
 
     Examples
     --------
-    >>> import os, tempfile
+    >>> import os
+    >>> before = os.environ.get("XEMBED_CACHE_BYTES")
     >>> os.environ["XEMBED_CACHE_BYTES"] = "0"
     >>> default_cache() is None
     True
     >>> os.environ["XEMBED_CACHE_BYTES"] = "2G"
     >>> default_cache().max_bytes
     2000000000
-    >>> del os.environ["XEMBED_CACHE_BYTES"]
+    >>> _ = os.environ.pop("XEMBED_CACHE_BYTES") if before is None else os.environ.update(
+    ...     XEMBED_CACHE_BYTES=before)
     """
     max_bytes = cache_bytes_from_env()
     if max_bytes <= 0:
