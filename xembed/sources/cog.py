@@ -40,9 +40,7 @@ import logging
 import os
 import posixpath
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +95,6 @@ logger = logging.getLogger(__name__)
 #: Source Cooperative's public, anonymous copy of the mirror.
 DEFAULT_ROOT = "s3://us-west-2.opendata.source.coop/tge-labs/aef/v1/annual"
 _REMOTE_SCHEMES = ("http", "https", "s3", "gs")
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 #: The retry policy of every remote read; replace it to change the budget, e.g.
 #: ``xembed.sources.cog.RETRY = RetryPolicy(attempts=8)`` (dask.distributed
@@ -142,10 +139,6 @@ def https_url(url: str) -> str:
 
 def gdal_path(href: str) -> str:
     return "/vsicurl/" + https_url(href) if _is_remote(href) else href
-
-
-def _is_loopback(url: str) -> bool:
-    return urllib.parse.urlsplit(url).hostname in _LOOPBACK_HOSTS
 
 
 def _index_location(root: str) -> tuple[str, str]:

@@ -48,10 +48,6 @@ GDAL_ENV = {
 }
 
 
-class _Corrupt(OSError):
-    """A file opened, but its header is not what a mirror file has (e.g. cut short)."""
-
-
 def _causes(err: BaseException) -> str:
     """GDAL's messages behind a rasterio error, outermost first (rasterio 1.4 chains them)."""
     messages: list[str] = []
@@ -91,7 +87,7 @@ def _retrying(
             env["CPL_VSIL_CURL_NON_CACHED"] = path
         try:
             return action(env)
-        except (rasterio.errors.RasterioError, CPLE_BaseError, _Corrupt) as err:
+        except (rasterio.errors.RasterioError, CPLE_BaseError) as err:
             cause = _causes(err)
         if remote and "not recognized as being in a supported" in cause:
             cause += " (GDAL says so of a URL whose header it could not fetch)"
@@ -109,9 +105,9 @@ def read_header(href: str, path: str, policy: RetryPolicy) -> tuple[str, tuple, 
     def header(env: Mapping[str, str]) -> tuple[str, tuple, int, int]:
         with rasterio.Env(**env), rasterio.open(path) as src:
             if src.crs is None:
-                raise _Corrupt("the header has no coordinate reference system (cut short?)")
+                raise Invalid("the header has no coordinate reference system (cut short?)")
             if src.count != len(BANDS) or src.dtypes[0] != "int8":
-                raise _Corrupt(
+                raise Invalid(
                     f"{src.count} bands of {src.dtypes[0]}; expected {len(BANDS)} int8 bands "
                     "as in the embedding mirror"
                 )

@@ -25,7 +25,6 @@ import http.client
 import io
 import json
 import logging
-import random
 import threading
 import time
 import urllib.error
@@ -43,6 +42,12 @@ import shapely
 from xembed._util import atomic_write, cache_dir
 from xembed.errors import ReadError, SourceError
 from xembed.sources.common import INDEX_COLUMNS
+from xembed.sources.ranges import (
+    LOOPBACK_HOSTS,
+    gave_up_message,
+    transient_status,
+    wait_before_retry,
+)
 from xembed.sources.retry import RetryPolicy
 
 __all__ = [
@@ -70,7 +75,6 @@ MAX_AGE = 86_400.0
 MIN_AGE = 60.0
 
 _MAGIC = b"XIDX1\n"
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _BOUNDS = [c for c in INDEX_COLUMNS if c.startswith(("utm_", "wgs84_")) and c != "utm_zone"]
 _FIX = "use the mirror's aef_index.parquet unchanged (copy it again from the mirror)"
 
@@ -157,10 +161,6 @@ class Reply:
     last_modified: str | None
 
 
-def _transient(status: int) -> bool:
-    return status >= 500 or status in (408, 429)
-
-
 def _attempt(opener: Any, request: urllib.request.Request, policy: RetryPolicy) -> Reply:
     """One GET; raises HTTPError (304 too), OSError or HTTPException on failure."""
     with opener.open(request, timeout=policy.timeout) as response:
@@ -188,7 +188,7 @@ def http_get(
         If the download kept failing (5xx, 429, timeouts, resets, short bodies).
     """
     # A local server is reached directly, never through a proxy set in the environment.
-    local = urllib.parse.urlsplit(target).hostname in _LOOPBACK_HOSTS
+    local = urllib.parse.urlsplit(target).hostname in LOOPBACK_HOSTS
     opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
     request = urllib.request.Request(target, headers=dict(headers or {}))
     started = time.monotonic()
@@ -203,25 +203,15 @@ def http_get(
                 return Reply(304, b"", err.headers.get("ETag"), err.headers.get("Last-Modified"))
         except (OSError, http.client.HTTPException) as err:  # timeouts, resets, short bodies
             cause = f"{type(err).__name__}: {err}"
-        if status is not None and not _transient(status):
+        if status is not None and not transient_status(status):
             raise SourceError(
                 f"could not read {url!r}: {cause}; check that root= is the mirror's top "
                 "folder (the one holding aef_index.parquet) and that it is public"
             )
         if attempt < policy.attempts:
-            delay = policy.delay(attempt) * random.uniform(0.5, 1.0)
-            logger.info(
-                "reading the file %s failed (attempt %d of %d: %s); retrying in %.2f s",
-                *(url, attempt, policy.attempts, cause, delay),
-            )
-            time.sleep(delay)
-    raise ReadError(
-        f"could not read the file {url!r}: {cause} (gave up after {policy.attempts} attempts "
-        f"in {time.monotonic() - started:.1f} s). The server kept failing: try again later, "
-        "or allow more attempts (XEMBED_RETRY_ATTEMPTS, or xembed.sources.cog.RETRY)",
-        href=url,
-        attempts=policy.attempts,
-    )
+            wait_before_retry(policy, attempt, f"the file {url}", cause, logger)
+    message = gave_up_message(f"the file {url!r}", cause, policy.attempts, started)
+    raise ReadError(message, href=url, attempts=policy.attempts)
 
 
 def current(

@@ -39,6 +39,7 @@ from xembed.sources.retry import RetryPolicy, env_number
 
 __all__ = [
     "DEFAULT_MAX_REQUESTS",
+    "LOOPBACK_HOSTS",
     "Invalid",
     "Job",
     "NeedMore",
@@ -61,7 +62,8 @@ _T = TypeVar("_T")
 #: Requests in flight per process unless ``XEMBED_MAX_REQUESTS`` or
 #: :func:`set_max_requests` says otherwise.
 DEFAULT_MAX_REQUESTS = 64
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: Hosts reached directly, never through a proxy the environment sets.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -181,7 +183,7 @@ def _http(url: str) -> Any:
 
     parts = urllib.parse.urlsplit(url)
     proxy = None
-    if parts.hostname not in _LOOPBACK_HOSTS and not urllib.request.proxy_bypass(
+    if parts.hostname not in LOOPBACK_HOSTS and not urllib.request.proxy_bypass(
         parts.hostname or ""
     ):
         proxy = urllib.request.getproxies().get(parts.scheme)
@@ -216,25 +218,22 @@ def transient_status(status: int) -> bool:
 
 
 def wait_before_retry(
-    policy: RetryPolicy, failures: int, href: str, what: str, cause: str, log=logger
+    policy: RetryPolicy, failures: int, subject: str, cause: str, log: logging.Logger = logger
 ) -> None:
-    """Sleep the policy's backoff after the ``failures``-th failure, saying so in the log."""
+    """Sleep the policy's backoff after the ``failures``-th failure to read ``subject``
+    (e.g. ``"the header of x.tiff"``), saying so in ``log``."""
     delay = policy.delay(failures) * random.uniform(0.5, 1.0)
     log.info(
-        "reading the %s of %s failed (attempt %d of %d: %s); retrying in %.2f s",
-        what,
-        href,
-        failures,
-        policy.attempts,
-        cause,
-        delay,
+        "reading %s failed (attempt %d of %d: %s); retrying in %.2f s",
+        *(subject, failures, policy.attempts, cause, delay),
     )
     time.sleep(delay)
 
 
-def gave_up_message(what: str, href: str, cause: str, attempts: int, started: float) -> str:
+def gave_up_message(subject: str, cause: str, attempts: int, started: float) -> str:
+    """Why reading ``subject`` (e.g. ``"the header of 'x.tiff'"``) failed for good."""
     return (
-        f"could not read the {what} of {href!r}: {cause} (gave up after {attempts} attempts "
+        f"could not read {subject}: {cause} (gave up after {attempts} attempts "
         f"in {time.monotonic() - started:.1f} s). The server kept failing: try again later, "
         "or allow more attempts (XEMBED_RETRY_ATTEMPTS, or xembed.sources.cog.RETRY)"
     )
@@ -277,9 +276,9 @@ def retrying(source: Remote, what: str, policy: RetryPolicy, action: Callable[[i
         if attempt == attempts:
             if cause != first:
                 cause = f"{cause} (first failure: {first})"
-            message = gave_up_message(what, source.href, cause, attempt, started)
+            message = gave_up_message(f"the {what} of {source.href!r}", cause, attempt, started)
             raise ReadError(message, href=source.href, attempts=attempt)
-        wait_before_retry(policy, attempt, source.href, what, cause)
+        wait_before_retry(policy, attempt, f"the {what} of {source.href}", cause)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
