@@ -531,18 +531,27 @@ def _isolate(
         yield group, _failed_group(group, err)
 
 
-def _computed(planned: list[tuple[Group, Any]]) -> Iterator[tuple[Group, Any, Exception | None]]:
+def computed_groups(
+    planned: list[tuple[Group, Any]], client: Any = None
+) -> Iterator[tuple[Group, Any, Exception | None]]:
     """``(group, values, None)`` per planned group, ``(group, None, error)`` if it failed.
 
-    All at once in one :func:`dask.compute` (chunks shared between groups are
-    read once); if that fails, which group failed is unknown: one by one.
+    All at once in one :func:`dask.compute` (on ``client`` if given; chunks
+    shared between groups are read once); if that fails, which group failed
+    is unknown: one by one.
     """
+
+    def compute(tasks: list[Any]) -> Sequence[Any]:
+        if client is not None:
+            return list(client.gather(client.compute(tasks)))
+        return dask.compute(*tasks)
+
     try:
-        results = dask.compute(*[task for _, task in planned]) if planned else ()
+        results = compute([task for _, task in planned]) if planned else ()
     except Exception:
         for group, task in planned:
             try:
-                (values,) = dask.compute(task)
+                (values,) = compute([task])
             except Exception as err:
                 yield group, None, err
             else:
@@ -586,7 +595,7 @@ def _run(
                 planned.append((group, lazy(group)))
             except Exception as err:
                 yield from _isolate(group, err, retry)
-        for group, values, failure in _computed(planned):
+        for group, values, failure in computed_groups(planned):
             if failure is None:
                 yield group, finish(group, values)
             else:

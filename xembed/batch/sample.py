@@ -29,7 +29,7 @@ import shapely
 
 from xembed._util import stacklevel, transformer
 from xembed.batch.plan import Group, Lattice, chunk_cells, mirror_lattice
-from xembed.batch.run import active_client, mirror_cube, progress_bar
+from xembed.batch.run import active_client, computed_groups, mirror_cube, progress_bar
 from xembed.batch.store import Store, make_manifest
 from xembed.batch.table import describe_error
 from xembed.cube import Source, resolve_source
@@ -305,40 +305,25 @@ def _run(
     empty = np.full((len(years), len(BANDS)), np.nan, dtype=np.float32)
     for start in range(0, len(todo), _GROUPS_IN_FLIGHT):
         window = todo[start : start + _GROUPS_IN_FLIGHT]
-        tasks: list[Any] = []
+        results: dict[tuple[int, int, int], np.ndarray | Exception | None] = {}
+        planned: list[tuple[Group, Any]] = []
         for group, idx in window:
             try:
-                tasks.append(_lazy(group, idx, pts, source, years, chunks))
+                task = _lazy(group, idx, pts, source, years, chunks)
             except Exception as err:
-                tasks.append(err)
-        live = [t for t in tasks if t is not None and not isinstance(t, Exception)]
-        try:
-            computed = iter(_compute(live, client))
-            results = [
-                t if t is None or isinstance(t, Exception) else next(computed) for t in tasks
-            ]
-        except Exception:  # which group failed is unknown: one by one
-            results = [
-                t if t is None or isinstance(t, Exception) else _one(t, client) for t in tasks
-            ]
-        for (group, idx), result in zip(window, results, strict=True):
+                task = err
+            if task is None or isinstance(task, Exception):
+                results[group.key] = task
+            else:
+                planned.append((group, task))
+        for group, values, failure in computed_groups(planned, client):
+            results[group.key] = values if failure is None else failure
+        for group, idx in window:
+            result = results[group.key]
             yield (
                 (group, idx),
                 np.broadcast_to(empty, (len(idx), *empty.shape)) if (result is None) else result,
             )
-
-
-def _compute(tasks: list[Any], client: Any) -> list[np.ndarray]:
-    if client is not None:
-        return list(client.gather(client.compute(tasks)))
-    return list(dask.compute(*tasks))
-
-
-def _one(task: Any, client: Any) -> np.ndarray | Exception:
-    try:
-        return _compute([task], client)[0]
-    except Exception as err:
-        return err
 
 
 def _part(
