@@ -21,8 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from xembed.ops._base import embeddings_of, spatial_coords, unit, weights_of, year_position
-from xembed.ops.reduce import is_means, polygon_mean, weighted_quantile
-from xembed.schema import PIXEL_SIZE
+from xembed.ops.reduce import is_means, pixel_area, polygon_mean, weighted_quantile
 
 __all__ = [
     "change",
@@ -569,10 +568,7 @@ def change_summary(
     year = _baseline(obj, emb, baseline)
     sim = similarity(emb, reference=year)
     sim, weights = dask.compute(sim, weights)
-    pixel_ha = (
-        float(np.abs(np.diff(emb["x"].values[:2]))[0] if emb.sizes["x"] > 1 else PIXEL_SIZE) ** 2
-        / 1e4
-    )
+    pixel_ha = pixel_area(emb) / 10_000.0
     w = np.asarray(weights.values, dtype=np.float64)
     rows = []
     for i, y in enumerate(sim["year"].values):
