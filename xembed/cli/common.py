@@ -162,3 +162,13 @@ def add_common(p: argparse.ArgumentParser, *, out: str, years: bool = True) -> N
     )
     p.add_argument("--layer", help="layer of a multi-layer site file (e.g. a GeoPackage)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_min_valid(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--min-valid",
+        type=float,
+        default=0.9,
+        help="warn about site-years with data under less than this share of the site "
+        "(0..1, default: %(default)s; 0 never warns)",
+    )

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from xembed._util import atomic_write
 from xembed.cli.common import (
     SiteFailure,
     UsageError,
@@ -129,7 +130,7 @@ def _demo(args: argparse.Namespace) -> int:
         matrix = xembed.similarity_matrix(mean).to_pandas()
         matrix.index.name = "year"
         path = out / "similarity" / f"similarity_{site.id}.csv"
-        matrix.to_csv(path)
+        atomic_write(path, matrix.to_csv)  # never a half-written table, as the others
         written.append(path)
     means = pd.concat(tables, ignore_index=True)
     atomic_table(means, out / "means.csv")

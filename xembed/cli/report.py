@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from xembed.cli.common import SiteFailure, UsageError, add_common, parse_years, sites_of
+from xembed.cli.common import (
+    SiteFailure,
+    UsageError,
+    add_common,
+    add_min_valid,
+    parse_years,
+    sites_of,
+)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -53,10 +60,5 @@ def add_report(sub: Any) -> None:
         "--dimensions", type=int, default=300, help="yearly picture size in pixels (default 300)"
     )
     p.add_argument("--buffer", type=float, default=300.0, help="metres of context (default 300)")
-    p.add_argument(
-        "--min-valid",
-        type=float,
-        default=0.9,
-        help="warn about site-years with less valid data (default 0.9)",
-    )
+    add_min_valid(p)
     p.set_defaults(func=_report)

@@ -13,6 +13,7 @@ from xembed._util import atomic_write
 from xembed.cli.common import (
     UsageError,
     add_common,
+    add_min_valid,
     atomic_table,
     each_site,
     open_site,
@@ -135,16 +136,6 @@ def _change(args: argparse.Namespace) -> int:
         held = f"{out} holds the others" if tables else "nothing written"
         print(f"xembed change: {len(failed)} of {len(sites)} sites failed; {held}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def add_min_valid(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--min-valid",
-        type=float,
-        default=0.9,
-        help="warn about site-years with data under less than this share of the site "
-        "(0..1, default: %(default)s; 0 never warns)",
-    )
 
 
 def add_extract(sub: Any) -> None:

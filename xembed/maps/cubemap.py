@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import folium
-import numpy as np
 import xarray as xr
 
 from xembed.maps.layers import colourise, compute_layers, resolve_layers, year_labels
 from xembed.maps.page import Legend, OfflineMap, YearControl
-from xembed.maps.raster import data_uri, to_web_mercator
+from xembed.maps.raster import WebImage, data_uri, to_web_mercator
 from xembed.render.frame import BOUNDARY_COLOR, crs_of, years_of
 
 __all__ = ["BOUNDARY_GROUP", "OFF", "cube_map", "new_map"]
@@ -68,11 +67,8 @@ def _boundary(ds: xr.Dataset | xr.DataArray) -> folium.GeoJson | None:
     )
 
 
-def _group(
-    m: folium.Map, rgba: np.ndarray, extent: Any, names: list[str], crs: Any, *, show: int | None
-) -> list[Any]:
+def _group(m: folium.Map, web: WebImage, names: list[str], *, show: int | None) -> list[Any]:
     """Add one radio group's overlays to the map: "off", then a picture per year."""
-    web = to_web_mercator(rgba, crs, extent)
     entries: list[Any] = [folium.FeatureGroup(name=OFF, show=show is None).add_to(m)]
     for i, (name, image) in enumerate(zip(names, web.rgba, strict=True)):
         overlay = folium.raster_layers.ImageOverlay(
@@ -107,13 +103,13 @@ def cube_map(
     resolved = resolve_layers(ds, layers, years)
     computed = compute_layers(resolved)  # one compute for every layer: one read of the cube
     pictures = [colourise(layer, values) for layer, values in zip(resolved, computed, strict=True)]
-    web_bounds = to_web_mercator(pictures[0][0][:1], crs, pictures[0][1]).bounds
-    m = new_map(web_bounds, basemap)
+    webs = [to_web_mercator(rgba, crs, extent) for rgba, extent, _ in pictures]
+    m = new_map(webs[0].bounds, basemap)  # fitted to the first layer
     groups: dict[str, list[Any]] = {}
-    for i, (layer, (rgba, extent, _)) in enumerate(zip(resolved, pictures, strict=True)):
+    for i, (layer, web) in enumerate(zip(resolved, webs, strict=True)):
         title = _unique(layer.title, groups)
         show = 0 if i == 0 else None  # the first layer's first year; the others off
-        groups[title] = _group(m, rgba, extent, year_labels(layer), crs, show=show)
+        groups[title] = _group(m, web, year_labels(layer), show=show)
     exclusive = list(groups)
     boundary = _boundary(ds)
     if boundary is not None:

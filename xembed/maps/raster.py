@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
+from xembed._util import transformer
+
 __all__ = ["WebImage", "data_uri", "hex_colours", "to_web_mercator"]
 
 WEB_MERCATOR = "EPSG:3857"
@@ -78,7 +80,6 @@ def to_web_mercator(rgba: np.ndarray, crs: Any, extent: tuple[float, ...]) -> We
     >>> round(west, 4), round(north, 4)
     (-47.0468, -22.8646)
     """
-    from pyproj import Transformer
     from rasterio.warp import Resampling, reproject
 
     n, height, width, _ = rgba.shape
@@ -96,7 +97,7 @@ def to_web_mercator(rgba: np.ndarray, crs: Any, extent: tuple[float, ...]) -> We
         dst_crs=WEB_MERCATOR,
         resampling=Resampling.nearest,
     )
-    to_ll = Transformer.from_crs(WEB_MERCATOR, "EPSG:4326", always_xy=True)
+    to_ll = transformer(WEB_MERCATOR, "EPSG:4326")
     west, north = to_ll.transform(*(dst_transform * (0, 0)))
     east, south = to_ll.transform(*(dst_transform * (w, h)))
     out = dst.reshape(n, 4, h, w).transpose(0, 2, 3, 1)

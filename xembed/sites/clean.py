@@ -7,7 +7,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import shapely
@@ -16,9 +16,6 @@ from shapely.geometry.base import BaseGeometry
 
 from xembed._util import stacklevel
 from xembed.errors import SiteError
-
-if TYPE_CHECKING:
-    pass
 
 
 def to_id(value: Any) -> int | str:

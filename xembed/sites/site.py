@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
 from xembed.errors import SiteError
-
-if TYPE_CHECKING:
-    pass
-
 from xembed.sites.clean import clean_geometry, to_id, to_year
 
 
